@@ -1,0 +1,26 @@
+# Two commands do the whole set-up on a fresh machine with only python3:
+#   make demo   -> virtual environment, install, then `frtf quickstart` on the embedded sample
+#   make test   -> virtual environment, install (with test extras), then the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean bench
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/frtf quickstart --out output/quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) output build *.egg-info
