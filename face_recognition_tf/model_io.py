@@ -1,0 +1,193 @@
+"""Find and load embedding models, whatever form the user points at.
+
+People evaluate and use models in several forms: a training run folder, one checkpoint of it, the
+final or best `.keras` file, or an exported SavedModel.  This module turns any of those into a callable
+embedding model `(B, 112, 112, 3) float32 -> (B, D)`, so evaluation, inference and fine-tuning share
+one loader.  A checkpoint holds weights only; the architecture is rebuilt from the run's
+`backbone.json` (the exact `build_backbone` arguments the trainer wrote), which keeps checkpoints
+loadable without the config library.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+from pathlib import Path
+
+from face_recognition_tf.errors import CheckpointError
+
+CHECKPOINT_DIR = "checkpoints"
+BACKBONE_SPEC = "backbone.json"
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+def is_run_folder(path: Path) -> bool:
+    return path.is_dir() and (path / BACKBONE_SPEC).is_file()
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint prefixes (`RUN/checkpoints/ckpt-N`) of a run, oldest step first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    found = []
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            match = _CKPT_RE.match(entry.name)
+            if match:
+                found.append((int(match.group(1)), folder / entry.name[: -len(".index")]))
+    return [prefix for _, prefix in sorted(found)]
+
+
+def expand_model_paths(paths: list[str]) -> list[str]:
+    """Expand globs and run folders into the individual models to evaluate, in a stable order.
+
+    A run folder stands for every checkpoint it kept (step order); a folder holding a SavedModel, a
+    `.keras` file or a checkpoint prefix stands for itself.
+    """
+    expanded: list[str] = []
+    for raw in paths:
+        matches = sorted(glob.glob(raw)) if glob.has_magic(raw) else [raw]
+        if not matches:
+            raise CheckpointError(f"{raw}: no file or folder matches this pattern")
+        for item in matches:
+            path = Path(item)
+            if item.endswith(".index"):  # a shell glob like ckpt-* lists the .index/.data files
+                path = Path(item[: -len(".index")])
+            elif re.search(r"\.data-\d+-of-\d+$", item):
+                continue
+            if is_run_folder(path):
+                checkpoints = list_checkpoints(path)
+                if not checkpoints:
+                    raise CheckpointError(f"{path}: run folder holds no checkpoint in {CHECKPOINT_DIR}/")
+                expanded.extend(str(c) for c in checkpoints)
+            elif _exists(path):
+                expanded.append(str(path))
+            else:
+                raise CheckpointError(
+                    f"{path}: not found (expected a run folder, a checkpoint prefix like RUN/checkpoints/ckpt-100, "
+                    "a .keras file or a SavedModel folder)"
+                )
+    # keep order, drop repeats (a glob and an explicit path may name the same checkpoint)
+    return list(dict.fromkeys(expanded))
+
+
+def describe(path: str | Path) -> str:
+    """A short display name: `run/ckpt-1200`, `run/best`, `model.keras`."""
+    path = Path(path)
+    if path.parent.name == CHECKPOINT_DIR:
+        return f"{path.parent.parent.name}/{path.name}"
+    if path.name == "embedding.keras" and path.parent.name:
+        return f"{path.parent.name}/{path.stem}" if path.parent.name != "best" else f"{path.parent.parent.name}/best"
+    return path.name
+
+
+def load_embedding_model(path: str | Path):
+    """Load an embedding model from a run folder, checkpoint prefix, `.keras` file or SavedModel.
+
+    Returns a Keras model (or, for a SavedModel, a Keras layer wrapping its serving signature) that
+    maps normalised `(B, 112, 112, 3)` float32 images to `(B, D)` embeddings.
+    """
+    path = Path(path)
+    if is_run_folder(path):
+        checkpoints = list_checkpoints(path)
+        if checkpoints:
+            return _load_checkpoint(checkpoints[-1])
+        final = path / "embedding.keras"
+        if final.is_file():
+            return _load_keras_file(final)
+        raise CheckpointError(f"{path}: run folder holds neither checkpoints nor embedding.keras")
+    if path.suffix == ".keras":
+        return _load_keras_file(path)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return _load_saved_model(path)
+    if Path(str(path) + ".index").is_file():
+        return _load_checkpoint(path)
+    raise CheckpointError(
+        f"{path}: not a run folder, checkpoint prefix, .keras file or SavedModel folder"
+    )
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or Path(str(path) + ".index").is_file()
+
+
+def _load_keras_file(path: Path):
+    import keras
+
+    import face_recognition_tf.models  # noqa: F401  (registers the custom layers for deserialisation)
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad archive
+        raise CheckpointError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_saved_model(path: Path):
+    import keras
+
+    try:
+        layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot load SavedModel ({type(exc).__name__}: {exc})") from exc
+    return _SavedModelEmbedder(layer)
+
+
+class _SavedModelEmbedder:
+    """Calls a SavedModel's serving signature and returns its single output tensor."""
+
+    def __init__(self, layer):
+        self._layer = layer
+
+    def __call__(self, images, training=False):
+        outputs = self._layer(images)
+        if isinstance(outputs, dict):
+            if len(outputs) != 1:
+                raise CheckpointError(f"SavedModel returns {sorted(outputs)}; expected one embedding output")
+            outputs = next(iter(outputs.values()))
+        return outputs
+
+
+def read_backbone_spec(run_dir: Path) -> dict:
+    spec_path = run_dir / BACKBONE_SPEC
+    try:
+        spec = json.loads(spec_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{spec_path}: missing; cannot rebuild the architecture of this run") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{spec_path}: not valid JSON ({exc})") from None
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise CheckpointError(f"{spec_path}: expected an object with at least a 'name' key")
+    return spec
+
+
+def build_backbone_from_spec(spec: dict):
+    from face_recognition_tf.models import build_backbone
+
+    kwargs = dict(spec)
+    name = kwargs.pop("name")
+    if isinstance(kwargs.get("input_shape"), list):
+        kwargs["input_shape"] = tuple(kwargs["input_shape"])
+    return build_backbone(name, **kwargs)
+
+
+def _load_checkpoint(prefix: Path):
+    import tensorflow as tf
+
+    run_dir = prefix.parent.parent if prefix.parent.name == CHECKPOINT_DIR else prefix.parent
+    model = build_backbone_from_spec(read_backbone_spec(run_dir))
+    checkpoint = tf.train.Checkpoint(backbone=model)
+    try:
+        status = checkpoint.restore(str(prefix))
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
+        raise CheckpointError(f"{prefix}: checkpoint unreadable ({exc.message.splitlines()[0]})") from None
+    except AssertionError as exc:
+        raise CheckpointError(
+            f"{prefix}: checkpoint does not match the architecture in {run_dir / BACKBONE_SPEC} ({exc})"
+        ) from None
+    except ValueError as exc:  # shape mismatch between checkpoint and rebuilt model
+        raise CheckpointError(f"{prefix}: checkpoint does not fit the rebuilt backbone ({exc})") from None
+    return model
