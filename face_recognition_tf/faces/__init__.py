@@ -1,0 +1,41 @@
+"""Face detection (MTCNN) and 5-point alignment to insightface's 112x112 ArcFace crop.
+
+Everything here works on RGB uint8 images.  Importing this package does not import TensorFlow; the
+detector loads it (and MTCNN's bundled weights) the first time it runs.
+"""
+
+from face_recognition_tf.faces.align import (
+    ARCFACE_TEMPLATE,
+    LANDMARK_NAMES,
+    align_face,
+    estimate_transform,
+    template_for_size,
+    transform_points,
+)
+from face_recognition_tf.faces.detect import (
+    IMAGE_SUFFIXES,
+    Face,
+    FaceDetector,
+    NoFaceError,
+    as_rgb_image,
+    list_images,
+    load_rgb,
+    read_image,
+)
+
+__all__ = [
+    "ARCFACE_TEMPLATE",
+    "IMAGE_SUFFIXES",
+    "LANDMARK_NAMES",
+    "Face",
+    "FaceDetector",
+    "NoFaceError",
+    "align_face",
+    "as_rgb_image",
+    "estimate_transform",
+    "list_images",
+    "load_rgb",
+    "read_image",
+    "template_for_size",
+    "transform_points",
+]
