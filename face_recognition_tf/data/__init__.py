@@ -1,0 +1,10 @@
+"""Data layer: insightface datasets in (RecordIO, .bin pair sets), TFRecords out, tf.data on top.
+
+Importing this package does not import TensorFlow (the converter's worker processes and the
+command line stay light); `pipeline` and `augment` import it when first used.
+"""
+
+from face_recognition_tf.data.tfrecord import read_manifest
+from face_recognition_tf.data.verification_bin import find_bins, load_bin, save_bin
+
+__all__ = ["find_bins", "load_bin", "read_manifest", "save_bin"]

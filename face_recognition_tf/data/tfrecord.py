@@ -1,0 +1,426 @@
+"""The converted dataset on disk: TFRecord shards of tf.train.Example, and manifest.json.
+
+Schema (DESIGN.md): feature `image_raw` = the JPEG bytes exactly as stored in the source, `label` =
+int64 class index from 0.  Shards are `train-00000-of-000NN.tfrecord`.
+
+Why this module serialises Example protos and TFRecord framing itself: a Python loop building
+`tf.train.Example` objects and calling `tf.io.TFRecordWriter.write` costs ~25x a plain `cp` of the
+data, most of it per-record Python/protobuf/pybind overhead and one small write per record.  The
+Example wire format for two features is a handful of varints, so a record here is a short prefix
+followed by the JPEG, laid out directly in a large buffer (the JPEG is read from the .rec straight
+into it) and written in multi-megabyte writes.  TFRecord framing needs CRC-32C; the fastest
+available implementation is used: the `google-crc32c` or `crc32c` package when installed, otherwise
+the hardware-accelerated one inside TensorFlow's own shared library (abseil's, via ctypes, checked
+against known vectors first), and as a last resort TensorFlow's TFRecordWriter itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+from face_recognition_tf.errors import DatasetError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+IMAGE_KEY = "image_raw"
+LABEL_KEY = "label"
+REQUIRED_MANIFEST_KEYS = ("format_version", "num_images", "num_classes", "image_size", "shards", "sources", "skipped")
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"train-{index:05d}-of-{count:05d}.tfrecord"
+
+
+# ---------------------------------------------------------------------------------------------
+# tf.train.Example wire format
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_LABEL_ENTRY_HEAD = b"\x0a\x05label\x12"  # map entry: key (field 1) "label", value (field 2)
+_IMAGE_ENTRY_HEAD = b"\x0a\x09image_raw\x12"
+
+
+def example_prefix(label: int, image_len: int) -> bytes:
+    """Serialized Example{label: int64, image_raw: bytes} up to (not including) the image bytes.
+
+    Example.features (1) -> Features.feature map entries (1): {"label": Feature.int64_list (3) with
+    one packed value}, then {"image_raw": Feature.bytes_list (1) -> BytesList.value (1)}.  The image
+    entry comes last so the JPEG is the record's tail and never needs copying into a temporary.
+    """
+    if label < 0:
+        raise ValueError(f"label {label} is negative")
+    lv = _varint(label)
+    int64_list = b"\x0a" + _varint(len(lv)) + lv
+    feature = b"\x1a" + _varint(len(int64_list)) + int64_list
+    label_entry = _LABEL_ENTRY_HEAD + _varint(len(feature)) + feature
+    bytes_list_len = 1 + len(_varint(image_len)) + image_len
+    feature_len = 1 + len(_varint(bytes_list_len)) + bytes_list_len
+    image_entry_len = len(_IMAGE_ENTRY_HEAD) + len(_varint(feature_len)) + feature_len
+    features_len = (1 + len(_varint(len(label_entry))) + len(label_entry)
+                    + 1 + len(_varint(image_entry_len)) + image_entry_len)
+    return b"".join((
+        b"\x0a", _varint(features_len),
+        b"\x0a", _varint(len(label_entry)), label_entry,
+        b"\x0a", _varint(image_entry_len), _IMAGE_ENTRY_HEAD, _varint(feature_len),
+        b"\x0a", _varint(bytes_list_len), b"\x0a", _varint(image_len),
+    ))
+
+
+def serialize_example(image: bytes, label: int) -> bytes:
+    """The same bytes as tf.train.Example(image_raw=image, label=label), without TensorFlow."""
+    return example_prefix(int(label), len(image)) + bytes(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# CRC-32C backends: crc(buffer, start, end) -> int over a bytearray slice
+_CHECK = ((b"123456789", 0xE3069283), (b"", 0), (bytes(32), 0x8A9136AA))
+
+
+def _crc_python_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+def crc32c_python(data, crc: int = 0) -> int:
+    """Reference CRC-32C (slow, for tests and for checking the fast backends)."""
+    table = _crc_python_table()
+    c = crc ^ 0xFFFFFFFF
+    for b in bytes(data):
+        c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+class _PackageCrc:
+    def __init__(self, fn, name):
+        self._fn, self.name = fn, name
+
+    def crc(self, buf, start, end):
+        return self._fn(memoryview(buf)[start:end])
+
+
+_ABSL_SYMBOL_HINT = "crc_internal20ExtendCrc32cInternal"
+
+
+class _AbslCrc:
+    """abseil's ExtendCrc32cInternal(crc32c_t, std::string_view) from libtensorflow_framework.
+
+    x86-64/aarch64 pass the string_view {size, data} in two registers, so the C signature is
+    (uint32 crc, size_t size, const void* data) -> uint32.
+    """
+
+    name = "tensorflow-abseil"
+
+    def __init__(self, fn):
+        self._fn = fn
+        self._buf = None
+        self._addr = 0
+
+    def crc(self, buf, start, end):
+        if buf is not self._buf:  # keeping a reference makes the cached address safe
+            self._buf = buf
+            self._addr = ctypes.addressof(ctypes.c_char.from_buffer(buf)) if len(buf) else 0
+        return self._fn(0, end - start, self._addr + start)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """TensorFlow's shared library logs CUDA probing lines while it loads; keep workers quiet."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _find_symbol(lib_path, hint: bytes):
+    """The full (mangled) symbol name containing `hint`; it embeds abseil's version, so search."""
+    tail = b""
+    with open(lib_path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            data = tail + block
+            at = data.find(hint)
+            if at >= 0:
+                start = data.rfind(b"\0", 0, at) + 1
+                data += f.read(512)  # the name may run past this block
+                stop = data.find(b"\0", at)
+                return data[start:stop].decode("ascii", "replace")
+            tail = data[-512:]
+    return None
+
+
+def _load_absl_crc():
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        lib_path = Path(folder) / "libtensorflow_framework.so.2"
+        if not lib_path.is_file():
+            continue
+        symbol = _find_symbol(lib_path, _ABSL_SYMBOL_HINT.encode())
+        if symbol is None:
+            return None
+        with _quiet_stderr():
+            lib = ctypes.CDLL(str(lib_path))
+        fn = getattr(lib, symbol)
+        fn.restype = ctypes.c_uint32
+        fn.argtypes = [ctypes.c_uint32, ctypes.c_size_t, ctypes.c_void_p]
+        return _AbslCrc(fn)
+    return None
+
+
+def _check(backend) -> bool:
+    for data, want in _CHECK:
+        buf = bytearray(data) + bytearray(8)  # never zero-length
+        if backend.crc(buf, 0, len(data)) != want:
+            return False
+    return True
+
+
+def find_crc32c(preferred: str | None = None):
+    """The fastest CRC-32C backend that passes known vectors, or None (use TensorFlow's writer).
+
+    `preferred` (or $FRTF_CRC32C): "package", "absl", or "tf" to force the fallback.
+    """
+    preferred = preferred or os.environ.get("FRTF_CRC32C") or "auto"
+    candidates = []
+    if preferred in ("auto", "package"):
+        try:
+            import google_crc32c
+
+            candidates.append(lambda: _PackageCrc(google_crc32c.value, "google-crc32c"))
+        except ImportError:
+            pass
+        try:
+            import crc32c as _crc32c_pkg
+
+            candidates.append(lambda: _PackageCrc(_crc32c_pkg.crc32c, "crc32c"))
+        except ImportError:
+            pass
+    if preferred in ("auto", "absl"):
+        candidates.append(_load_absl_crc)
+    for make in candidates:
+        try:
+            backend = make()
+        except Exception:  # noqa: BLE001 - an unusable backend is just skipped
+            backend = None
+        if backend is not None and _check(backend):
+            return backend
+    return None
+
+
+def masked_crc(crc: int) -> int:
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------------------------------------
+class ShardWriter:
+    """Appends Examples to one TFRecord file through a large buffer, hashing what it writes.
+
+    `add(label, image=...)` takes the JPEG bytes; `add(label, fd=..., offset=..., length=...)` reads
+    them from a file straight into the output buffer (no intermediate copy).  Write to a temporary
+    name and rename after `close()`: this class does not decide when a shard is finished.
+    """
+
+    def __init__(self, path, buffer_size: int = 4 << 20, crc=None):
+        self.path = Path(path)
+        self.records = 0
+        self.bytes = 0
+        self._sha = hashlib.sha256()
+        self._crc = crc if crc is not None else find_crc32c()
+        if self._crc is None:
+            import tensorflow as tf
+
+            self._tf = tf.io.TFRecordWriter(str(self.path))
+            self._f = None
+            return
+        self._tf = None
+        self._f = open(self.path, "wb", buffering=0)
+        self._buf = bytearray(buffer_size)
+        self._pos = 0
+
+    def add(self, label: int, image=None, *, fd: int | None = None, offset: int = 0, length: int | None = None):
+        n = len(image) if image is not None else int(length)
+        prefix = example_prefix(int(label), n)
+        data_len = len(prefix) + n
+        if self._tf is not None:
+            if image is None:
+                image = _pread_exact(fd, n, offset, self.path)
+            self._tf.write(prefix + bytes(image))
+            self.records += 1
+            return
+        total = 16 + data_len
+        if self._pos + total > len(self._buf):
+            self._flush()
+        buf, p = self._buf, self._pos
+        if total > len(buf):  # a record bigger than the buffer gets its own
+            buf, p = bytearray(total), 0
+        struct.pack_into("<Q", buf, p, data_len)
+        struct.pack_into("<I", buf, p + 8, masked_crc(self._crc.crc(buf, p, p + 8)))
+        d = p + 12
+        e = d + len(prefix)
+        buf[d:e] = prefix
+        if image is not None:
+            buf[e : e + n] = image
+        else:
+            got = os.preadv(fd, [memoryview(buf)[e : e + n]], offset)
+            if got != n:
+                raise DatasetError(f"short read: {got} of {n} bytes at offset {offset} (source changed?)")
+        struct.pack_into("<I", buf, e + n, masked_crc(self._crc.crc(buf, d, e + n)))
+        self.records += 1
+        if buf is self._buf:
+            self._pos = p + total
+        else:
+            self._write(memoryview(buf))
+
+    def _write(self, mv):
+        self._sha.update(mv)
+        while mv:
+            n = self._f.write(mv)
+            mv = mv[n:]
+
+    def _flush(self):
+        if self._pos:
+            self._write(memoryview(self._buf)[: self._pos])
+            self._pos = 0
+
+    def close(self) -> dict:
+        """Flush, fsync and close; returns {records, bytes, sha256}."""
+        if self._tf is not None:
+            self._tf.close()
+            self._tf = None
+            self.bytes = self.path.stat().st_size
+            self._sha = hashlib.sha256()
+            with open(self.path, "rb") as f:
+                for block in iter(lambda: f.read(4 << 20), b""):
+                    self._sha.update(block)
+        elif self._f is not None:
+            self._flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+            self.bytes = self.path.stat().st_size
+        return {"records": self.records, "bytes": self.bytes, "sha256": self._sha.hexdigest()}
+
+    def abort(self):
+        if self._tf is not None:
+            self._tf.close()
+            self._tf = None
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def _pread_exact(fd, n, offset, where):
+    data = os.pread(fd, n, offset)
+    if len(data) != n:
+        raise DatasetError(f"{where}: short read: {len(data)} of {n} bytes at offset {offset} (source changed?)")
+    return data
+
+
+def iter_tfrecord(path, check_crc: bool = True):
+    """Yield the raw records of a TFRecord file (for checks; training reads with tf.data)."""
+    crc = find_crc32c() if check_crc else None
+    path = Path(path)
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(12)
+            if not head:
+                return
+            if len(head) < 12:
+                raise DatasetError(f"{path}: truncated record header")
+            (length,) = struct.unpack_from("<Q", head)
+            data = f.read(length + 4)
+            if len(data) < length + 4:
+                raise DatasetError(f"{path}: truncated record")
+            if check_crc:
+                buf = bytearray(head) + bytearray(data)
+                head_crc = crc.crc(buf, 0, 8) if crc else crc32c_python(head[:8])
+                data_crc = crc.crc(buf, 12, 12 + length) if crc else crc32c_python(data[:length])
+                if (masked_crc(head_crc) != struct.unpack_from("<I", head, 8)[0]
+                        or masked_crc(data_crc) != struct.unpack_from("<I", data, length)[0]):
+                    raise DatasetError(f"{path}: CRC mismatch")
+            yield data[:length]
+
+
+# ---------------------------------------------------------------------------------------------
+def write_json_atomic(path, obj) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(folder) -> dict:
+    """The manifest of a converted dataset folder (or of the manifest file itself), validated."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME if folder.is_dir() or not folder.suffix else folder
+    folder = path.parent
+    if not path.is_file():
+        raise DatasetError(f"{folder}: no {MANIFEST_NAME}: not a converted dataset (run `frtf convert SRC {folder}`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise DatasetError(f"{path}: missing {', '.join(missing)}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise DatasetError(f"{path}: format_version {manifest['format_version']!r}; this version reads "
+                           f"{FORMAT_VERSION} (convert the dataset again)")
+    for key in ("num_images", "num_classes"):
+        if not isinstance(manifest[key], int) or manifest[key] < 0:
+            raise DatasetError(f"{path}: {key} must be a non-negative integer, got {manifest[key]!r}")
+    size = manifest["image_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise DatasetError(f"{path}: image_size must be [height, width], got {size!r}")
+    shards = manifest["shards"]
+    if not isinstance(shards, list) or not shards:
+        raise DatasetError(f"{path}: shards must be a non-empty list")
+    total = 0
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not {"file", "records", "sha256"} <= set(shard):
+            raise DatasetError(f"{path}: shard {i} must have file, records and sha256")
+        if not (folder / shard["file"]).is_file():
+            raise DatasetError(f"{path}: shard file {shard['file']} is missing from {folder}")
+        total += int(shard["records"])
+    if total != manifest["num_images"]:
+        raise DatasetError(f"{path}: shards hold {total} records but num_images is {manifest['num_images']}")
+    return manifest
