@@ -1,0 +1,352 @@
+"""Typed training configs: a YAML file plus dotted command-line overrides, validated against a schema.
+
+Why a schema: the original project kept its settings in Python literals (class count, paths,
+checkpoint steps), so a typo silently trained the wrong thing.  Here every key is declared below with
+its type; an unknown key or a wrong type is a `ConfigError` naming the key and the file *before* any
+TensorFlow work starts.  OmegaConf structured configs do the type checking and the merging.
+
+A config file may start from another one with `base: other.yaml` (path relative to the file, or a
+packaged config name), the way insightface's arcface_torch keeps a base config and per-experiment
+files.  `data.num_classes` is never typed by hand: the trainer fills it from the dataset manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from face_recognition_tf.errors import ConfigError
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+BACKBONES = ("r18", "r34", "r50", "r100", "mobilefacenet")
+HEADS = ("arcface", "cosface", "sphereface", "combined", "softmax")
+NORMALIZATIONS = ("batch", "batch_renorm", "group")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "piecewise", "polynomial", "cosine_restarts")
+REGULARIZATION = ("l2", "decoupled")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored", "central_storage", "multi_worker")
+FREEZE = ("none", "first_layers", "all_but_head")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "r50"
+    embedding_size: int = 512
+    normalization: str = "batch"
+    dropout: float = 0.0
+    width_multiplier: float = 1.0
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 2e-5
+    # batch renorm (normalization: batch_renorm): clipping {rmax, dmax}; null = Keras defaults
+    renorm_clipping: Optional[Any] = None
+    renorm_momentum: float = 0.99
+    groups: int = 32
+
+
+@dataclass
+class HeadConfig:
+    name: str = "arcface"
+    s: float = 64.0
+    # null = the head's own default (arcface 0.5, cosface 0.35, sphereface 4)
+    m: Optional[float] = None
+    # combined margin cos(m1*theta + m2) - m3 (insightface's m1, m2, m3)
+    m1: float = 1.0
+    m2: float = 0.5
+    m3: float = 0.0
+    easy_margin: bool = False
+
+
+@dataclass
+class DataConfig:
+    # converted TFRecord folder; `frtf train --data` wins; null = the embedded sample
+    dir: Optional[str] = None
+    # filled from manifest.json by the trainer; a typed value must agree with the manifest
+    num_classes: Optional[int] = None
+    shuffle_buffer: Optional[int] = None
+    augment: bool = True
+    # deterministic order makes resume continue with exactly the batches an uninterrupted run would see
+    deterministic: bool = True
+    seed: int = 0
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "piecewise"
+    warmup_steps: int = 0
+    # warm-up starts at lr * warmup_start_factor and rises linearly to lr
+    warmup_start_factor: float = 0.0
+    # piecewise: decay points as fractions of train.max_steps, lr multiplied by `factor` at each
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75, 0.875])
+    factor: float = 0.1
+    # polynomial: lr -> lr * end_factor over the steps after warm-up
+    power: float = 2.0
+    end_factor: float = 0.0
+    # cosine with warm restarts: first period as a fraction of train.max_steps, then t_mul longer, m_mul lower
+    first_period: float = 0.25
+    t_mul: float = 2.0
+    m_mul: float = 1.0
+    alpha: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    strategy: str = "default"
+    # per-replica micro-batch; global batch = batch_size * replicas * accumulation_steps
+    batch_size: int = 128
+    accumulation_steps: int = 1
+    # optimizer updates (not micro-batches)
+    max_steps: int = 100000
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    # linear scaling: effective lr = lr * global_batch / lr_reference_batch (null = use lr as is)
+    lr_reference_batch: Optional[int] = 512
+    momentum: float = 0.9
+    nesterov: bool = False
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 5e-4
+    # l2: kernel L2 regularizers added to the loss (the original project); decoupled: SGDW / AdamW
+    regularization: str = "l2"
+    # the original project's coefficient on the regularization loss, decayed while it dominates
+    reg_coef: float = 1.0
+    reg_coef_decay: float = 0.8
+    clip_norm: Optional[float] = None
+    precision: str = "float32"
+    jit_compile: bool = False
+    skip_nonfinite: bool = False
+    seed: int = 0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000
+    keep: int = 3
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 20
+    progress: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    every_steps: int = 2000
+    # .bin names looked for beside the data; empty list = every .bin found
+    sets: List[str] = field(default_factory=lambda: ["lfw", "cfp_fp", "agedb_30"])
+    batch_size: int = 64
+    # cap pairs per set during training (0 = all) so validation stays a small share of the time
+    max_pairs: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    # run folder, checkpoint prefix or embedding .keras to start the backbone from (null = from scratch)
+    init: Optional[str] = None
+    freeze: str = "none"
+    # with freeze: first_layers, how many backbone layers (from the input) stay frozen
+    freeze_layers: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+_CHOICES = {
+    "model.backbone": BACKBONES,
+    "model.normalization": NORMALIZATIONS,
+    "head.name": HEADS,
+    "train.strategy": STRATEGIES,
+    "train.optimizer": OPTIMIZERS,
+    "train.regularization": REGULARIZATION,
+    "train.precision": PRECISIONS,
+    "train.schedule.name": SCHEDULES,
+    "finetune.freeze": FREEZE,
+}
+_POSITIVE = ("model.embedding_size", "train.batch_size", "train.accumulation_steps", "train.max_steps",
+             "checkpoint.every_steps", "checkpoint.keep", "log.every_steps", "validation.every_steps",
+             "validation.batch_size")
+
+
+def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
+    """A file path, or a bare name (`quickstart`, `ms1m_r50.yaml`) of a packaged config."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        for candidate in (PACKAGED_CONFIGS / path.name, PACKAGED_CONFIGS / f"{path.name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    known = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"{path}: config file not found (packaged configs: {known})")
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
+    """The file merged over its `base:` chain, still untyped."""
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: `base:` chain loops back to itself")
+    try:
+        raw = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({exc})") from None
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = path.parent / str(base)
+    if not base_path.is_file():
+        base_path = resolve_config_path(str(base))
+    return OmegaConf.merge(_read_yaml(base_path, chain + (path.resolve(),)), raw)
+
+
+def _merge_checked(schema: DictConfig, layer, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, layer)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        msg = str(exc).splitlines()[0]
+        if "not in struct" in msg or "Key '" in msg and "not" in msg:
+            raise ConfigError(f"{source}: unknown key '{key}'" + _suggest(key)) from None
+        raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+
+
+def _suggest(key: str) -> str:
+    section, _, _leaf = key.rpartition(".")
+    node = OmegaConf.structured(Config)
+    try:
+        options = list(OmegaConf.select(node, section).keys()) if section else list(node.keys())
+    except Exception:
+        return ""
+    return f" (known keys{' in ' + section if section else ''}: {', '.join(options)})"
+
+
+def load_config(path_or_name: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Load a YAML config (file or packaged name) and apply `key=value` overrides, fully validated."""
+    path = resolve_config_path(path_or_name)
+    schema = OmegaConf.structured(Config)
+    cfg = _merge_checked(schema, _read_yaml(path), str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=0.05")
+        key, value = item.split("=", 1)
+        try:
+            layer = OmegaConf.from_dotlist([f"{key.strip()}={value}"])
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
+        cfg = _merge_checked(cfg, layer, f"override {item!r}")
+    validate(cfg, f"{path} with overrides {' '.join(overrides)}" if overrides else str(path))
+    return cfg
+
+
+def validate(cfg: DictConfig, source: str) -> None:
+    """Checks the schema's types cannot express: choices, ranges, cross-field consistency."""
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{source}: '{key}' is {value!r}; choose one of {', '.join(choices)}")
+    for key in _POSITIVE:
+        if OmegaConf.select(cfg, key) <= 0:
+            raise ConfigError(f"{source}: '{key}' must be positive, got {OmegaConf.select(cfg, key)}")
+    t = cfg.train
+    if t.lr <= 0:
+        raise ConfigError(f"{source}: 'train.lr' must be positive, got {t.lr}")
+    if not 0 < t.reg_coef_decay <= 1:
+        raise ConfigError(f"{source}: 'train.reg_coef_decay' must be in (0, 1] (1 disables the decay)")
+    if t.weight_decay < 0:
+        raise ConfigError(f"{source}: 'train.weight_decay' must be >= 0")
+    if t.clip_norm is not None and t.clip_norm <= 0:
+        raise ConfigError(f"{source}: 'train.clip_norm' must be positive or null")
+    if t.lr_reference_batch is not None and t.lr_reference_batch <= 0:
+        raise ConfigError(f"{source}: 'train.lr_reference_batch' must be positive or null")
+    sched = t.schedule
+    if sched.warmup_steps < 0 or sched.warmup_steps >= t.max_steps and t.max_steps > 1:
+        raise ConfigError(f"{source}: 'train.schedule.warmup_steps' must be in [0, train.max_steps)")
+    if sorted(sched.milestones) != list(sched.milestones) or any(not 0 < m < 1 for m in sched.milestones):
+        raise ConfigError(f"{source}: 'train.schedule.milestones' must be increasing fractions in (0, 1)")
+    if not 0 < sched.first_period <= 1:
+        raise ConfigError(f"{source}: 'train.schedule.first_period' must be a fraction in (0, 1]")
+    if not 0 <= cfg.model.dropout < 1:
+        raise ConfigError(f"{source}: 'model.dropout' must be in [0, 1)")
+    if cfg.data.num_classes is not None and cfg.data.num_classes <= 0:
+        raise ConfigError(f"{source}: 'data.num_classes' comes from the manifest; remove it or make it positive")
+    if cfg.finetune.freeze == "first_layers" and cfg.finetune.freeze_layers <= 0:
+        raise ConfigError(f"{source}: 'finetune.freeze: first_layers' needs 'finetune.freeze_layers' > 0")
+
+
+def _l2_factor(cfg: DictConfig) -> float:
+    """The models' L2 factor for `train.weight_decay`.
+
+    `train.weight_decay` means what it means in insightface's SGD: the update adds wd x w to the
+    gradient.  A Keras L2(f) regularizer adds f x ||w||^2 (gradient 2 f w), hence f = wd / 2.
+    Decoupled mode puts no regularizer on the models at all.
+    """
+    if cfg.train.regularization != "l2":
+        return 0.0
+    return float(cfg.train.weight_decay) / 2.0
+
+
+def backbone_kwargs(cfg: DictConfig) -> dict:
+    """The exact `build_backbone` arguments (written to RUN/backbone.json)."""
+    m = cfg.model
+    weight_decay = _l2_factor(cfg)
+    clipping = OmegaConf.to_container(m.renorm_clipping) if isinstance(m.renorm_clipping, DictConfig) else m.renorm_clipping
+    return {
+        "name": m.backbone,
+        "embedding_size": int(m.embedding_size),
+        "normalization": m.normalization,
+        "input_shape": [112, 112, 3],
+        "dropout": float(m.dropout),
+        "width_multiplier": float(m.width_multiplier),
+        "weight_decay": float(weight_decay),
+        "bn_momentum": float(m.bn_momentum),
+        "bn_epsilon": float(m.bn_epsilon),
+        "renorm_clipping": clipping,
+        "renorm_momentum": float(m.renorm_momentum),
+        "groups": int(m.groups),
+    }
+
+
+def head_kwargs(cfg: DictConfig, num_classes: int) -> dict:
+    h = cfg.head
+    weight_decay = _l2_factor(cfg)
+    return {
+        "name": h.name, "num_classes": int(num_classes), "embedding_size": int(cfg.model.embedding_size),
+        "s": float(h.s), "m": None if h.m is None else float(h.m), "m1": float(h.m1), "m2": float(h.m2), "m3": float(h.m3),
+        "easy_margin": bool(h.easy_margin), "weight_decay": float(weight_decay),
+    }
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config atomically (a half-written config.yaml would break resume)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(to_yaml(cfg))
+    os.replace(tmp, path)

@@ -1,0 +1,457 @@
+"""One custom training loop for every tf.distribute strategy.
+
+Why custom: in Keras 3.15 on TF 2.21 `model.fit` fails under MultiWorkerMirrored, the optimizer's own
+gradient accumulation fails under Mirrored and XLA fails under Mirrored (see DESIGN.md).  A loop of
+`strategy.run` + `apply_gradients` works under all of them, so single-device, mirrored,
+central-storage and multi-worker training are this same code.
+
+Semantics that must not depend on the strategy:
+* Global batch = per-replica batch x replicas x accumulation steps.  Each example's cross-entropy is
+  divided by that global batch and the regularization loss by replicas x accumulation steps, so the
+  summed gradient is the gradient of (mean loss + coef x reg loss) whatever the layout.
+* One optimizer update consumes N micro-batches per replica; gradients are summed locally (sequenced
+  by control dependencies so only one micro-batch's activations live at a time), summed once across
+  replicas, clipped by global norm, checked for NaN/Inf and applied.  Steps count updates.
+* The reg-loss coefficient lives in a variable and changes without retracing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from face_recognition_tf.config import backbone_kwargs, head_kwargs, save_config
+from face_recognition_tf.errors import ConfigError, FaceRecognitionError
+from face_recognition_tf.training import checkpoints as ck
+from face_recognition_tf.training.optim import (
+    build_optimizer,
+    clip_by_global_norm,
+    decayed_coefficient,
+    inner_optimizer,
+    scaled_lr,
+)
+from face_recognition_tf.training.schedules import build_schedule
+from face_recognition_tf.training.strategy import StrategyInfo, make_strategy
+
+
+class NonFiniteLossError(FaceRecognitionError):
+    """The loss or gradient became NaN/Inf; the update was not applied and nothing was saved."""
+
+
+@dataclass
+class StepResult:
+    loss: float
+    inference_loss: float
+    reg_loss: float
+    accuracy: float
+    grad_norm: float
+    ok: bool
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Build layers under a mixed-precision policy without leaving it set for the rest of the process."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _all_reduce_done_by_trainer(grads_and_vars):
+    return list(grads_and_vars)
+
+
+class TrainStep:
+    """The model, head, optimizer and the compiled update, built inside the strategy's scope."""
+
+    def __init__(self, cfg: DictConfig, info: StrategyInfo, num_classes: int):
+        self.cfg = cfg
+        self.info = info
+        t = cfg.train
+        self.accum = int(t.accumulation_steps)
+        self.replicas = info.num_replicas
+        self.global_batch = int(t.batch_size) * self.replicas * self.accum
+        self.loss_scaled = t.precision == "mixed_float16"
+        self.l2 = t.regularization == "l2" and t.weight_decay > 0
+        if t.jit_compile and info.name != "default":
+            raise ConfigError(
+                f"train.jit_compile=true works only with --strategy default (XLA fails under {info.name} here)"
+            )
+        strategy = info.strategy
+        keras.utils.set_random_seed(int(t.seed))  # same initial weights for the same config
+        with strategy.scope():
+            with dtype_policy(t.precision):
+                from face_recognition_tf.models import build_backbone, build_head
+
+                spec = backbone_kwargs(cfg)
+                kwargs = {k: v for k, v in spec.items() if k != "name"}
+                kwargs["input_shape"] = tuple(kwargs["input_shape"])
+                self.backbone = build_backbone(spec["name"], **kwargs)
+            hk = head_kwargs(cfg, num_classes)
+            self.head = build_head(hk.pop("name"), hk.pop("num_classes"), **hk)
+            self.head(tf.zeros((1, int(cfg.model.embedding_size))), tf.zeros((1,), tf.int32))
+            base_lr = scaled_lr(t.lr, self.global_batch, t.lr_reference_batch)
+            self.schedule = build_schedule(t.schedule, base_lr, int(t.max_steps))
+            self.optimizer = build_optimizer(t, self.schedule)
+            self.reg_coef = tf.Variable(float(t.reg_coef), trainable=False, dtype=tf.float32, name="reg_coef")
+            self.step = tf.Variable(0, trainable=False, dtype=tf.int64, name="step")
+            self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
+            self.epoch_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch_step")
+        self.base_lr = base_lr
+        self._jit = bool(t.jit_compile)
+        self._fn = None
+
+    def finalize(self):
+        """Call after freezing: fixes the trainable set and builds the optimizer's slots."""
+        self.variables = self.backbone.trainable_variables + self.head.trainable_variables
+        if not self.variables:
+            raise ConfigError("nothing to train: every layer is frozen")
+        with self.info.strategy.scope():
+            self.optimizer.build(self.variables)
+        # the trainer sums gradients across replicas itself (to clip the true global norm), so the
+        # optimizer must not sum them a second time
+        inner_optimizer(self.optimizer)._all_reduce_sum_gradients = _all_reduce_done_by_trainer
+        compute = tf.function(self._gradients, jit_compile=True) if self._jit else self._gradients
+        self._compute = compute
+        self._fn = tf.function(self._distributed_step)
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(
+            backbone=self.backbone, head=self.head, optimizer=self.optimizer, step=self.step,
+            reg_coef=self.reg_coef, epoch=self.epoch, epoch_step=self.epoch_step,
+        )
+
+    def learning_rate(self) -> float:
+        return float(inner_optimizer(self.optimizer).learning_rate.numpy())
+
+    # ---- replica side -------------------------------------------------------------------------
+    def _gradients(self, batches):
+        grads_sum, ce_sum, correct, reg_value = None, 0.0, 0.0, tf.constant(0.0)
+        for images, labels in batches:
+            if grads_sum is not None:  # sequence micro-batches: one set of activations at a time
+                with tf.control_dependencies([g for g in grads_sum if g is not None]):
+                    images = tf.identity(images)
+            labels = tf.cast(labels, tf.int32)
+            with tf.GradientTape() as tape:
+                embeddings = self.backbone(images, training=True)
+                logits = tf.cast(self.head(embeddings, labels, training=True), tf.float32)
+                per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+                ce = tf.reduce_sum(per_example) / self.global_batch
+                reg_losses = self.backbone.losses + self.head.losses
+                reg_value = tf.add_n([tf.cast(r, tf.float32) for r in reg_losses]) if reg_losses else tf.constant(0.0)
+                loss = ce + self.reg_coef * reg_value / (self.replicas * self.accum) if self.l2 else ce
+                scaled = self.optimizer.scale_loss(loss) if self.loss_scaled else loss
+            grads = tape.gradient(scaled, self.variables)
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+            grads_sum = grads if grads_sum is None else [
+                a if b is None else (b if a is None else a + b) for a, b in zip(grads_sum, grads)
+            ]
+            ce_sum += ce
+            class_logits = self.head.class_logits(tf.cast(embeddings, tf.float32))
+            hits = tf.equal(tf.argmax(class_logits, axis=-1, output_type=tf.int32), labels)
+            correct += tf.reduce_sum(tf.cast(hits, tf.float32)) / self.global_batch
+        return grads_sum, ce_sum, reg_value, correct
+
+    def _replica_step(self, batches):
+        ctx = tf.distribute.get_replica_context()
+        grads, ce, reg, correct = self._compute(batches)
+        present = [i for i, g in enumerate(grads) if g is not None]
+        reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+        for i, g in zip(present, reduced):
+            grads[i] = g
+        scale = self.optimizer.dynamic_scale if self.loss_scaled else 1.0
+        clip = None if self.cfg.train.clip_norm is None else self.cfg.train.clip_norm * scale
+        grads, norm = clip_by_global_norm(grads, clip)
+        norm = norm / scale
+        total_ce = ctx.all_reduce(tf.distribute.ReduceOp.SUM, ce)
+        ok = tf.math.is_finite(total_ce) & tf.math.is_finite(reg)
+        if self.loss_scaled:
+            # the loss-scale optimizer itself skips updates with overflowing gradients
+            self.optimizer.apply(grads, self.variables)
+        else:
+            ok = ok & tf.math.is_finite(norm)
+            self._apply_if(ok, grads)
+        return {"ce": ce, "reg": reg, "correct": correct, "norm": norm, "ok": tf.cast(ok, tf.float32)}
+
+    def _apply_if(self, ok, grads):
+        """Apply only finite updates; the cond must sit in cross-replica context when merge_call is used."""
+        apply = lambda: self.optimizer.apply(grads, self.variables)  # noqa: E731
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(ok, apply, lambda: None)
+            return
+
+        def cross_replica(distribution, ok_per_replica, grads_per_replica):
+            first = distribution.experimental_local_results(ok_per_replica)[0]
+
+            def apply_all():
+                distribution.extended.call_for_each_replica(
+                    lambda g: self.optimizer.apply(g, self.variables), args=(grads_per_replica,)
+                )
+
+            tf.cond(first, apply_all, lambda: None)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(ok, grads))
+
+    # ---- cross-replica side -------------------------------------------------------------------
+    def _distributed_step(self, iterator):
+        strategy = self.info.strategy
+        batches = [next(iterator) for _ in range(self.accum)]
+        out = strategy.run(self._replica_step, args=(batches,))
+        sum_ = tf.distribute.ReduceOp.SUM
+        mean = tf.distribute.ReduceOp.MEAN
+        ce = strategy.reduce(sum_, out["ce"], axis=None)
+        reg = strategy.reduce(mean, out["reg"], axis=None)
+        ok = strategy.reduce(mean, out["ok"], axis=None) > 0.999
+        correct = strategy.reduce(sum_, out["correct"], axis=None)
+        norm = strategy.reduce(mean, out["norm"], axis=None)
+        coef = self.reg_coef
+        total = ce + coef * reg if self.l2 else ce
+        if self.l2 and self.cfg.train.reg_coef_decay < 1.0:
+            coef.assign(tf.where(ok, decayed_coefficient(coef, ce, reg, self.cfg.train.reg_coef_decay), coef))
+        return {"loss": total, "ce": ce, "reg": reg, "accuracy": correct, "norm": norm, "ok": ok}
+
+    def __call__(self, iterator) -> StepResult:
+        out = {k: v.numpy() for k, v in self._fn(iterator).items()}
+        return StepResult(
+            loss=float(out["loss"]), inference_loss=float(out["ce"]), reg_loss=float(out["reg"]),
+            accuracy=float(out["accuracy"]), grad_norm=float(out["norm"]), ok=bool(out["ok"]),
+        )
+
+
+def steps_per_epoch(num_images: int, global_batch: int) -> int:
+    return max(1, num_images // global_batch)
+
+
+def make_dataset_fn(cfg: DictConfig, data_dir: Path, epoch: int, skip_micro_batches: int):
+    """Per-replica input for one epoch: a fresh shuffle seeded by the epoch, skipping what was consumed.
+
+    Each epoch's dataset repeats, so a replica whose shard is shorter than the epoch never runs dry.
+    """
+    from face_recognition_tf.data.pipeline import build_train_dataset
+
+    def dataset_fn(input_context):
+        ds = build_train_dataset(
+            str(data_dir),
+            int(cfg.train.batch_size),
+            augment=bool(cfg.data.augment),
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            seed=int(cfg.data.seed) * 1_000_003 + int(epoch),
+            deterministic=bool(cfg.data.deterministic),
+            repeat=True,
+            drop_remainder=True,
+            input_context=input_context,
+        )
+        return ds.skip(skip_micro_batches) if skip_micro_batches else ds
+
+    return dataset_fn
+
+
+class Trainer:
+    """Everything around the step: run folder, resume, data epochs, logs, validation, checkpoints.
+
+    All checks that can fail on user input (manifest, class count, architecture of an existing run,
+    fine-tuning source) run in `prepare()`, before the first update.
+    """
+
+    def __init__(self, cfg: DictConfig, info: StrategyInfo, *, data_dir, run_dir, max_steps: int | None = None,
+                 resume: str = "auto", progress: bool | None = None):
+        if resume not in ("auto", "require", "never"):
+            raise ValueError(f"resume must be auto, require or never, not {resume!r}")
+        self.cfg = cfg
+        self.info = info
+        self.data_dir = Path(data_dir)
+        self.run_dir = Path(run_dir)
+        self.stop_step = min(int(max_steps), int(cfg.train.max_steps)) if max_steps else int(cfg.train.max_steps)
+        self.resume = resume
+        self.progress = cfg.log.progress if progress is None else progress
+        self.step_fn: TrainStep | None = None
+        self.resumed_from: Path | None = None
+
+    # ---- set-up ---------------------------------------------------------------------------------
+    def prepare(self) -> "Trainer":
+        from face_recognition_tf.data import read_manifest
+        from face_recognition_tf.training.finetune import freeze, load_initial_weights
+        from face_recognition_tf.training.validation import Validator
+
+        cfg = self.cfg
+        if cfg.finetune.freeze != "none" and not cfg.finetune.init:
+            raise ConfigError("finetune.freeze needs finetune.init=RUN_OR_MODEL (the trained model to start from)")
+        manifest = read_manifest(self.data_dir)
+        num_classes = int(manifest["num_classes"])
+        if cfg.data.num_classes is not None and int(cfg.data.num_classes) != num_classes:
+            raise ConfigError(
+                f"data.num_classes is {cfg.data.num_classes} but {self.data_dir}/manifest.json says {num_classes}; "
+                "remove data.num_classes (it is read from the manifest)"
+            )
+        cfg.data.num_classes = num_classes
+        cfg.data.dir = str(self.data_dir)
+        self.num_images = int(manifest["num_images"])
+        self.backbone_spec = backbone_kwargs(cfg)
+        self.head_spec = head_kwargs(cfg, num_classes)
+        existing = ck.has_checkpoint(self.run_dir)
+        if self.resume == "require" and not existing:
+            raise FaceRecognitionError(f"{self.run_dir}: --resume given but the run folder holds no checkpoint")
+        if self.resume == "never" and existing:
+            raise FaceRecognitionError(f"{self.run_dir}: already holds checkpoints; resume it or choose another --out")
+        if existing:
+            ck.check_resume_compatible(self.run_dir, self.backbone_spec, self.head_spec)
+
+        self.step_fn = step = TrainStep(cfg, self.info, num_classes)
+        if cfg.finetune.init and not existing:
+            load_initial_weights(step.backbone, cfg.finetune.init)
+        freeze(step.backbone, cfg.finetune.freeze, cfg.finetune.freeze_layers)
+        step.finalize()
+        self.store = ck.CheckpointStore(self.run_dir, step.checkpoint(), keep=cfg.checkpoint.keep,
+                                        is_chief=self.info.is_chief, worker_index=self.info.worker_index)
+        if existing:
+            self.resumed_from = self.store.restore_latest()
+        self.validator = Validator.from_data_dir(self.data_dir, cfg.validation.sets, batch_size=cfg.validation.batch_size,
+                                                 max_pairs=cfg.validation.max_pairs)
+        self.best = -1.0
+        best_json = self.run_dir / ck.BEST_DIR / "best.json"
+        if best_json.is_file():
+            import json
+
+            self.best = float(json.loads(best_json.read_text()).get("mean", -1.0))
+        if self.info.is_chief:
+            save_config(cfg, self.run_dir / ck.CONFIG_FILE)
+            ck.write_json_atomic(self.run_dir / ck.BACKBONE_SPEC, self.backbone_spec)
+            ck.write_json_atomic(self.run_dir / "head.json", self.head_spec)
+        return self
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def train(self) -> dict:
+        if self.step_fn is None:
+            self.prepare()
+        step_fn, cfg, info = self.step_fn, self.cfg, self.info
+        per_epoch = steps_per_epoch(self.num_images, step_fn.global_batch)
+        step = int(step_fn.step.numpy())
+        writer = tf.summary.create_file_writer(str(self.run_dir / "logs")) if info.is_chief else tf.summary.create_noop_writer()
+        bar = None
+        if self.progress and info.is_chief:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.stop_step, initial=step, unit="step", dynamic_ncols=True, desc=self.run_dir.name)
+        started, last_saved, scores = time.perf_counter(), step, {}
+        window_start, window_steps = time.perf_counter(), 0
+        first_step, saved_any = step, False
+        try:
+            while step < self.stop_step:
+                epoch, position = divmod(step, per_epoch)
+                dataset = info.strategy.distribute_datasets_from_function(
+                    make_dataset_fn(cfg, self.data_dir, epoch, position * step_fn.accum))
+                iterator = iter(dataset)
+                while position < per_epoch and step < self.stop_step:
+                    result = step_fn(iterator)
+                    step, position = step + 1, position + 1
+                    window_steps += 1
+                    if not result.ok:
+                        self._non_finite(step, result, last_saved)
+                    if bar is not None:
+                        bar.update(1)
+                    if step % cfg.log.every_steps == 0 or step == self.stop_step or step == first_step + 1:
+                        elapsed = max(time.perf_counter() - window_start, 1e-9)
+                        rate = window_steps * step_fn.global_batch / elapsed
+                        self._log(writer, step, epoch, result, rate, bar)
+                        window_start, window_steps = time.perf_counter(), 0
+                    if self.validator is not None and step % cfg.validation.every_steps == 0:
+                        scores = self._validate(writer, step)
+                    if step % cfg.checkpoint.every_steps == 0:
+                        self._save(step, epoch, position)
+                        last_saved, saved_any = step, True
+            if step != last_saved or not (self.resumed_from or saved_any):
+                epoch, position = divmod(step, per_epoch)
+                self._save(step, epoch, position)
+            if self.validator is not None and (not scores or scores.get("step") != step):
+                scores = self._validate(writer, step)
+        finally:
+            if bar is not None:
+                bar.close()
+            writer.flush()
+            self.store.cleanup()
+        if info.is_chief:
+            ck.save_keras_atomic(step_fn.backbone, self.run_dir / ck.FINAL_MODEL)
+        return {
+            "run_dir": str(self.run_dir), "step": step, "steps_this_run": step - first_step,
+            "seconds": time.perf_counter() - started, "global_batch": step_fn.global_batch,
+            "validation": scores, "best_mean": self.best, "resumed_from": str(self.resumed_from or ""),
+        }
+
+    def _save(self, step: int, epoch: int, position: int) -> None:
+        s = self.step_fn
+        s.step.assign(step)
+        s.epoch.assign(epoch)
+        s.epoch_step.assign(position)
+        self.store.save(step)
+
+    def _non_finite(self, step: int, result: StepResult, last_saved: int) -> None:
+        what = f"loss {result.loss} (inference {result.inference_loss}, reg {result.reg_loss}, grad norm {result.grad_norm})"
+        if self.cfg.train.skip_nonfinite:
+            tqdm_write(f"step {step}: non-finite {what}; update skipped (train.skip_nonfinite=true)")
+            if self.info.is_chief:
+                ck.append_history(self.run_dir, {"event": "skipped_nonfinite", "step": step})
+            return
+        raise NonFiniteLossError(
+            f"step {step}: non-finite {what}; training stopped without applying it. The last good checkpoint "
+            f"(step {last_saved}) in {self.run_dir / ck.CHECKPOINT_DIR} is untouched. Lower train.lr, set "
+            "train.clip_norm, or set train.skip_nonfinite=true to skip such updates"
+        )
+
+    def _log(self, writer, step: int, epoch: int, result: StepResult, rate: float, bar) -> None:
+        lr = self.step_fn.learning_rate()
+        coef = float(self.step_fn.reg_coef.numpy())
+        record = {"event": "train", "step": step, "epoch": epoch, "loss": result.loss,
+                  "inference_loss": result.inference_loss, "reg_loss": result.reg_loss, "reg_coef": coef,
+                  "lr": lr, "accuracy": result.accuracy, "grad_norm": result.grad_norm, "images_per_sec": rate}
+        with writer.as_default(step=step):
+            tf.summary.scalar("loss/total", result.loss)
+            tf.summary.scalar("loss/inference", result.inference_loss)
+            tf.summary.scalar("loss/regularization", result.reg_loss)
+            tf.summary.scalar("train/reg_coef", coef)
+            tf.summary.scalar("train/accuracy", result.accuracy)
+            tf.summary.scalar("train/learning_rate", lr)
+            tf.summary.scalar("train/grad_norm", result.grad_norm)
+            tf.summary.scalar("train/images_per_sec", rate)
+        if self.info.is_chief:
+            ck.append_history(self.run_dir, record)
+        if bar is not None:
+            bar.set_postfix(loss=f"{result.loss:.3f}", acc=f"{result.accuracy:.3f}", lr=f"{lr:.2e}",
+                            img_s=f"{rate:.0f}", refresh=False)
+
+    def _validate(self, writer, step: int) -> dict:
+        # every worker evaluates (same weights, same result) so that all agree on saving the best model
+        scores = self.validator(self.step_fn.backbone)
+        with writer.as_default(step=step):
+            for name, value in scores.items():
+                tf.summary.scalar(f"val/{name}", value)
+        scores = dict(scores, step=step)
+        if self.info.is_chief:
+            ck.append_history(self.run_dir, {"event": "validation", **scores})
+            if scores["mean"] > self.best:
+                self.best = scores["mean"]
+                ck.save_keras_atomic(self.step_fn.backbone, self.run_dir / ck.BEST_DIR / ck.FINAL_MODEL)
+                ck.write_json_atomic(self.run_dir / ck.BEST_DIR / "best.json", scores)
+        tqdm_write("step {}: validation {}".format(
+            step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "step")))
+        return scores
+
+
+def tqdm_write(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message)
+
+
+def train(cfg: DictConfig, *, data_dir, run_dir, strategy: StrategyInfo | None = None, **kwargs) -> dict:
+    """Train `cfg` on the converted dataset `data_dir` into `run_dir`; returns a summary."""
+    info = strategy or make_strategy("default")
+    return Trainer(cfg, info, data_dir=data_dir, run_dir=run_dir, **kwargs).prepare().train()

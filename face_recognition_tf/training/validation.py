@@ -1,0 +1,55 @@
+"""Verification accuracy on the .bin pair sets beside the training data, every V optimizer updates.
+
+The pair sets are decoded once when training starts (LFW is 12,000 images; decoding each time would
+cost more than the evaluation).  Scores come from the evaluation package's metric (10-fold accuracy
+with flipped-image embeddings, insightface's protocol), so the numbers logged during training are the
+numbers `frtf evaluate` reports later.  The best model is chosen by the mean accuracy over the sets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class Validator:
+    def __init__(self, pair_sets: dict, *, batch_size: int = 64, max_pairs: int = 0):
+        self.pair_sets = {}
+        for name, value in pair_sets.items():
+            if isinstance(value, (str, Path)):
+                from face_recognition_tf.data import load_bin
+
+                images, issame = load_bin(value)
+            else:
+                images, issame = value
+            if max_pairs and len(issame) > max_pairs:
+                # keep whole pairs, spread over the file (sets are often ordered by fold)
+                keep = np.linspace(0, len(issame) - 1, max_pairs).astype(int)
+                idx = np.stack([2 * keep, 2 * keep + 1], axis=1).reshape(-1)
+                images, issame = images[idx], np.asarray(issame)[keep]
+            self.pair_sets[name] = (images, np.asarray(issame, dtype=bool))
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def from_data_dir(cls, data_dir, names, *, batch_size: int = 64, max_pairs: int = 0):
+        """Pair sets named `names` (or all, if empty) found beside the data; None when there are none."""
+        from face_recognition_tf.data import find_bins
+
+        found = find_bins(data_dir, list(names) if names else None)
+        if not found:
+            return None
+        return cls(found, batch_size=batch_size, max_pairs=max_pairs)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.pair_sets)
+
+    def __call__(self, model) -> dict[str, float]:
+        """{set name: mean 10-fold accuracy} plus 'mean' over the sets."""
+        from face_recognition_tf.evaluation import evaluate_model
+
+        results = evaluate_model(model, self.pair_sets, batch_size=self.batch_size)
+        scores = {name: float(result.accuracy_mean) for name, result in results.items()}
+        scores["mean"] = float(np.mean(list(scores.values()))) if scores else 0.0
+        return scores
