@@ -1,4 +1,4 @@
-"""Face detection (MTCNN) and 5-point alignment to insightface's 112x112 ArcFace crop.
+"""Face detection (MTCNN), 5-point alignment to insightface's 112x112 ArcFace crop, and galleries.
 
 Everything here works on RGB uint8 images.  Importing this package does not import TensorFlow; the
 detector loads it (and MTCNN's bundled weights) the first time it runs.
@@ -22,6 +22,7 @@ from face_recognition_tf.faces.detect import (
     load_rgb,
     read_image,
 )
+from face_recognition_tf.faces.gallery import Gallery, Match, l2_normalize
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -29,10 +30,13 @@ __all__ = [
     "LANDMARK_NAMES",
     "Face",
     "FaceDetector",
+    "Gallery",
+    "Match",
     "NoFaceError",
     "align_face",
     "as_rgb_image",
     "estimate_transform",
+    "l2_normalize",
     "list_images",
     "load_rgb",
     "read_image",

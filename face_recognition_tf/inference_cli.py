@@ -1,0 +1,193 @@
+"""`frtf embed`, `frtf verify` and `frtf identify`: the model on the user's own photos.
+
+One module serves the three commands (they share the model, detector and protocol options); it reads
+`parser.prog` ("frtf verify") to know which one it is configuring.  Errors a user can cause (missing
+file, unreadable image, no face) raise FaceRecognitionError, which the dispatcher prints as one line
+naming the file, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+COMMAND_NAMES = ("embed", "verify", "identify")
+
+
+def _command(prog: str) -> str:
+    name = prog.split()[-1] if prog else ""
+    if name not in COMMAND_NAMES:
+        raise ValueError(f"inference_cli serves {COMMAND_NAMES}, not {prog!r}")
+    return name
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    command = _command(parser.prog)
+    parser.set_defaults(inference_command=command)
+    parser.add_argument("model", metavar="MODEL",
+                        help="run folder, checkpoint prefix (RUN/checkpoints/ckpt-N), .keras file or SavedModel folder")
+    if command == "embed":
+        parser.description = "Embed the main face of each photo; writes an .npz with `embeddings` (N, D) and `paths`."
+        parser.add_argument("images", nargs="+", metavar="IMAGE", help="photos, or folders searched recursively")
+        parser.add_argument("--out", required=True, help="output .npz file")
+        parser.add_argument("--skip-errors", action="store_true",
+                            help="skip unreadable photos and photos without a face (listed on stderr) instead of failing")
+    elif command == "verify":
+        parser.description = "Say whether two photos show the same person (prints similarity and SAME/DIFFERENT)."
+        parser.add_argument("image_a", metavar="A")
+        parser.add_argument("image_b", metavar="B")
+    else:
+        parser.description = "Rank the gallery identities closest to the face in a photo."
+        parser.add_argument("image", metavar="IMAGE")
+        parser.add_argument("--gallery", required=True,
+                            help="folder of identity sub-folders (GALLERY/NAME/*.jpg) or an .npz saved with --save-gallery")
+        parser.add_argument("--top-k", type=int, default=5, help="identities to list (default 5)")
+        parser.add_argument("--save-gallery", metavar="NPZ",
+                            help="save the gallery built from a folder, to reuse it without re-embedding")
+    if command in ("verify", "identify"):
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument("--threshold", type=float,
+                           help="cosine-similarity threshold for SAME / a match (default 0.3)")
+        group.add_argument("--distance-threshold", type=float,
+                           help="threshold as a squared L2 distance between normalised embeddings, e.g. the best "
+                                "threshold `frtf evaluate` reports in results.json (similarity = 1 - distance/2)")
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--aligned", action="store_true",
+                        help="photos are already aligned 112x112 crops: skip detection (auto-detected for 112x112 inputs)")
+    parser.add_argument("--no-flip", action="store_true",
+                        help="do not add the horizontally flipped crop's embedding (the default matches `frtf evaluate`)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--min-face-size", type=int, default=20, help="smallest face MTCNN looks for, pixels")
+    parser.add_argument("--pick", choices=("largest", "confident", "center"), default="largest",
+                        help="which face to use when a photo holds several (default: largest)")
+
+
+def _recognizer(args):
+    from face_recognition_tf.inference import FaceRecognizer
+
+    return FaceRecognizer(
+        args.model,
+        detector=None if args.aligned else "mtcnn",
+        flip=not args.no_flip,
+        batch_size=args.batch_size,
+        threshold=getattr(args, "threshold", None),
+        distance_threshold=getattr(args, "distance_threshold", None),
+        pick=args.pick,
+        min_face_size=args.min_face_size,
+    )
+
+
+def _expand_images(entries: list[str]) -> list[Path]:
+    from face_recognition_tf.errors import DatasetError
+    from face_recognition_tf.faces.detect import list_images
+
+    paths: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise DatasetError(f"{path}: folder holds no image (.jpg, .png, ...)")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise DatasetError(f"{path}: image file not found")
+    return list(dict.fromkeys(paths))
+
+
+def _write_npz_atomically(path: Path, **arrays) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run_embed(args) -> int:
+    import numpy as np
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")
+    paths = _expand_images(args.images)
+    recognizer = _recognizer(args)
+    embeddings, kept, failures = recognizer.embed_many(
+        paths, aligned=True if args.aligned else None, skip_errors=args.skip_errors, progress=len(paths) > 20
+    )
+    for _, message in failures:
+        print(f"frtf embed: skipped {message}", file=sys.stderr)
+    if not kept:
+        from face_recognition_tf.errors import FaceRecognitionError
+
+        raise FaceRecognitionError(f"no face could be embedded from {len(paths)} photo(s); nothing written")
+    _write_npz_atomically(
+        out,
+        embeddings=embeddings.astype(np.float32),
+        paths=np.asarray([str(paths[i]) for i in kept], dtype=str),
+        model=np.asarray(recognizer.model_name, dtype=str),
+        flip=np.bool_(recognizer.flip),
+    )
+    print(f"wrote {len(kept)} embedding(s) of dimension {embeddings.shape[1]} to {out}"
+          + (f" ({len(failures)} photo(s) skipped)" if failures else ""))
+    return 0
+
+
+def _run_verify(args) -> int:
+    recognizer = _recognizer(args)
+    aligned = True if args.aligned else None
+    result = recognizer.verify(args.image_a, args.image_b, aligned=aligned)
+    verdict = "SAME" if result.same else "DIFFERENT"
+    if args.json:
+        print(json.dumps({"a": args.image_a, "b": args.image_b, "similarity": result.similarity,
+                          "distance": result.distance, "threshold": result.threshold, "same": result.same}))
+    else:
+        print(f"similarity {result.similarity:.4f} (squared L2 distance {result.distance:.4f}), "
+              f"threshold {result.threshold:.4f}: {verdict}")
+    return 0
+
+
+def _run_identify(args) -> int:
+    recognizer = _recognizer(args)
+    gallery = recognizer.load_gallery(args.gallery)
+    for source, message in gallery.skipped:
+        print(f"frtf identify: gallery: skipped {message}", file=sys.stderr)
+    if args.save_gallery:
+        saved = gallery.save(args.save_gallery)
+        print(f"saved gallery ({len(gallery)} identities) to {saved}", file=sys.stderr)
+    matches = recognizer.identify(args.image, gallery, top_k=args.top_k, aligned=True if args.aligned else None)
+    if args.json:
+        print(json.dumps({"image": args.image, "threshold": recognizer.threshold,
+                          "identity": matches[0].name if matches[0].accepted else None,
+                          "matches": [{"name": m.name, "similarity": m.similarity, "accepted": m.accepted}
+                                      for m in matches]}))
+        return 0
+    best = matches[0]
+    if best.accepted:
+        print(f"{best.name} (similarity {best.similarity:.4f} >= threshold {recognizer.threshold:.4f})")
+    else:
+        print(f"UNKNOWN: no gallery identity reaches threshold {recognizer.threshold:.4f} "
+              f"(closest: {best.name}, similarity {best.similarity:.4f})")
+    width = max(len(m.name) for m in matches)
+    for rank, match in enumerate(matches, 1):
+        print(f"  {rank}. {match.name:<{width}}  {match.similarity:.4f}{'  match' if match.accepted else ''}")
+    return 0
+
+
+def run(args) -> int:
+    command = getattr(args, "inference_command", None) or getattr(args, "command", None)
+    if args.batch_size < 1:
+        from face_recognition_tf.errors import ConfigError
+
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    return {"embed": _run_embed, "verify": _run_verify, "identify": _run_identify}[command](args)
