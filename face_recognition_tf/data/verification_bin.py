@@ -134,6 +134,7 @@ def save_bin(path, jpegs: list[bytes], issame: list[bool]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
             pickle.dump((jpegs, issame), f, protocol=2)
         os.replace(tmp, path)

@@ -1,0 +1,486 @@
+"""insightface `train.rec` (or a photo folder) -> TFRecord shards + manifest.json, once.
+
+How it stays fast, safe and resumable:
+
+* Pass 1 reads every record header with large sequential reads (vectorised over the .idx) and
+  validates the whole dataset (magic, truncation, index offsets, integer labels, class count)
+  before any output is written.
+* Images are spread over shards in a seeded random order (so no shard holds one identity after
+  another); each shard is written by one worker process that reads its JPEGs straight from the
+  .rec into a large output buffer (see tfrecord.ShardWriter).  JPEG bytes are never re-encoded.
+* A shard is written under a temporary name, its record count and sha256 go to a small sidecar,
+  and only then is it renamed: a file named like a shard is always complete.  `resume=True` keeps
+  the finished shards of an interrupted run (same source, same settings) and writes the rest.
+* manifest.json is written last; the .bin pair sets are hard-linked (or copied) next to the
+  shards so the output folder is self-contained.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from face_recognition_tf.data import tfrecord
+from face_recognition_tf.data.recordio import HEADER_SIZE, RecordIOReader
+from face_recognition_tf.errors import DatasetError
+
+STATE_NAME = ".frtf-convert.json"
+SHARD_TARGET_BYTES = 64 << 20  # default shard size: enough shards to interleave and to balance workers
+_PROGRESS_EVERY = 1024
+
+
+def default_num_shards(total_bytes: int, num_images: int) -> int:
+    """Depends only on the data (not on the machine) so a seed gives the same output anywhere."""
+    return max(1, min(num_images, max(2, math.ceil(total_bytes / SHARD_TARGET_BYTES))))
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+def read_property(path: Path):
+    """(num_classes, height, width) from insightface's `property` file, or None when absent."""
+    if not path.is_file():
+        return None
+    text = path.read_text().strip()
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+        if len(values) != 3 or min(values) <= 0:
+            raise ValueError
+    except ValueError:
+        raise DatasetError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}") from None
+    return tuple(values)
+
+
+def _fingerprint(paths, extra: str = "") -> str:
+    """Cheap identity of a source: sizes, small files in full, the ends of large ones."""
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}\n".encode())
+        with open(p, "rb") as f:
+            if size <= 4 << 20:
+                h.update(f.read())
+            else:
+                h.update(f.read(1 << 16))
+                f.seek(size - (1 << 16))
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def _fingerprint_listing(entries, extra: str = "") -> str:
+    """Identity of a folder source: every relative path and size."""
+    h = hashlib.sha256(extra.encode())
+    for rel, size in entries:
+        h.update(f"{rel}:{size}\n".encode())
+    return h.hexdigest()
+
+
+class RecSource:
+    """A .rec's image records, shard-writing side (pickled to the worker processes)."""
+
+    kind = "recordio"
+
+    def __init__(self, rec_path: Path, image_size):
+        self.rec_path = Path(rec_path)
+        self.image_size = tuple(image_size)
+
+    def write_rows(self, writer, rows: dict, verify: bool, skip_corrupt: bool, tick) -> list:
+        skipped = []
+        reader = None  # opened only for the rare records split into parts
+        fd = os.open(self.rec_path, os.O_RDONLY)
+        try:
+            keys = rows["keys"].tolist()
+            labels = rows["labels"].tolist()
+            starts = rows["payload_start"].tolist()
+            lengths = rows["payload_len"].tolist()
+            multipart = rows["multipart"].tolist()
+            offsets = rows["offsets"].tolist()
+            for i, key in enumerate(keys):
+                if multipart[i] or verify:
+                    if multipart[i]:
+                        reader = reader or RecordIOReader(self.rec_path)
+                        record = reader.read_at(offsets[i], key=key)
+                        image = record[len(record) - lengths[i]:]
+                    else:
+                        image = os.pread(fd, lengths[i], starts[i])
+                    reason = check_jpeg(image, self.image_size) if verify else None
+                    if reason is not None:
+                        if not skip_corrupt:
+                            raise DatasetError(f"{self.rec_path}: key {key}: {reason} (pass --skip-corrupt to "
+                                               "leave such images out)")
+                        skipped.append({"key": int(key), "reason": reason})
+                    else:
+                        writer.add(labels[i], image)
+                else:
+                    writer.add(labels[i], fd=fd, offset=starts[i], length=lengths[i])
+                if (i + 1) % _PROGRESS_EVERY == 0:
+                    tick(_PROGRESS_EVERY)
+            tick(len(keys) % _PROGRESS_EVERY)
+        finally:
+            if reader is not None:
+                reader.close()
+            os.close(fd)
+        return skipped
+
+
+def check_jpeg(data: bytes, image_size) -> str | None:
+    """Why `data` would fail to decode as a (H, W, 3) image in training, or None if it is fine."""
+    import cv2
+
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        return "not a JPEG (no start-of-image marker)"
+    if b"\xff\xd9" not in data[-64:]:  # libjpeg only warns on a truncated file; TF's decoder fails
+        return "corrupt JPEG (truncated: no end-of-image marker)"
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return "corrupt JPEG (does not decode)"
+    if tuple(img.shape[:2]) != tuple(image_size):
+        return f"image is {img.shape[1]}x{img.shape[0]}, expected {image_size[1]}x{image_size[0]}"
+    return None
+
+
+def _plan_recordio(src_dir: Path):
+    """Validate a .rec dataset and return (source, rows, info) without writing anything."""
+    rec = src_dir / "train.rec" if src_dir.is_dir() else src_dir
+    if src_dir.is_dir() and not rec.is_file():
+        recs = sorted(src_dir.glob("*.rec"))
+        if len(recs) != 1:
+            raise DatasetError(f"{src_dir}: no train.rec (found {len(recs)} .rec files); pass the .rec's folder")
+        rec = recs[0]
+    if not rec.is_file():
+        raise DatasetError(f"{rec}: no such RecordIO file")
+    idx = rec.with_suffix(".idx")
+    prop_path = rec.parent / "property"
+    prop = read_property(prop_path)
+    reader = RecordIOReader(rec, idx if idx.is_file() else None)
+    index = reader.index()
+    reader.close()
+    n_total = len(index)
+    order = np.argsort(index.keys, kind="stable")
+    first = int(order[0]) if n_total else -1
+    header = None
+    if n_total and index.keys[first] == 0 and index.flags[first] > 0 and index.payload_len[first] == 0:
+        header = (float(index.label0[first]), float(index.label1[first]))
+        if not (header[0] >= 1 and header[0] == int(header[0])):
+            raise DatasetError(f"{rec}: key 0: header record label {header[0]!r} is not a record key")
+        is_image = (index.keys >= 1) & (index.keys < int(header[0]))
+    else:
+        is_image = index.payload_len > 0
+    empty = is_image & (index.payload_len <= 0)
+    if empty.any():
+        k = int(index.keys[np.argmax(empty)])
+        raise DatasetError(f"{rec}: key {k}: image record holds no image data")
+    labels = index.label0[is_image]
+    keys = index.keys[is_image]
+    bad = ~np.isfinite(labels) | (labels < 0) | (labels != np.floor(labels)) | (labels >= 2**31)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DatasetError(f"{rec}: key {keys[i]}: label {float(labels[i])!r} is not an integer class index")
+    labels = labels.astype(np.int64)
+    if not len(labels):
+        raise DatasetError(f"{rec}: holds no image records")
+    if prop is not None:
+        num_classes, height, width = prop
+        if labels.max() >= num_classes:
+            i = int(np.argmax(labels >= num_classes))
+            raise DatasetError(f"{rec}: key {keys[i]}: label {labels[i]} is outside the {num_classes} classes "
+                               f"declared in {prop_path}")
+        class_source = "property"
+    else:
+        num_classes, height, width = int(labels.max()) + 1, 112, 112
+        class_source = "labels"
+    sel = np.flatnonzero(is_image)
+    rows = {
+        "keys": keys,
+        "labels": labels,
+        "offsets": index.offsets[sel],
+        "payload_start": index.payload_start[sel],
+        "payload_len": index.payload_len[sel],
+        "multipart": index.multipart[sel],
+    }
+    sources = [p for p in (rec, idx, prop_path) if p.is_file()]
+    info = {
+        "num_classes": num_classes,
+        "num_classes_source": class_source,
+        "image_size": [height, width],
+        "total_bytes": int(rows["payload_len"].sum()),
+        "fingerprint": _fingerprint(sources, "recordio"),
+        "sources": [{"file": p.name, "bytes": p.stat().st_size} for p in sources],
+        "source_dir": str(rec.parent.resolve()),
+        "layout": {
+            "header_record": header is not None,
+            "index": "idx" if idx.is_file() else "sequential scan (no .idx)",
+            "labels": "array" if bool((index.flags[is_image] > 0).any()) else "scalar",
+            "non_image_records": int(n_total - len(keys)),
+            "multipart_records": int(rows["multipart"].sum()),
+        },
+    }
+    return RecSource(rec, (height, width)), rows, info, rec.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# shard writing (worker side)
+_COUNTER = None
+
+
+def _init_worker(counter):
+    global _COUNTER  # per-process progress counter shared with the parent, set once at start-up
+    _COUNTER = counter
+
+
+def _tick(n):
+    if _COUNTER is not None and n:
+        with _COUNTER.get_lock():
+            _COUNTER.value += n
+
+
+def _write_shard(task):
+    """Write one shard: temporary file -> sidecar with count and sha256 -> rename."""
+    source, rows, final, verify, skip_corrupt = task
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.partial")
+    writer = tfrecord.ShardWriter(tmp)
+    try:
+        skipped = source.write_rows(writer, rows, verify, skip_corrupt, _tick)
+        info = writer.close()
+    except BaseException:
+        writer.abort()
+        tmp.unlink(missing_ok=True)
+        raise
+    info.update(file=final.name, skipped=skipped, verified=bool(verify))
+    tfrecord.write_json_atomic(_sidecar(final), info)
+    os.replace(tmp, final)
+    return info
+
+
+def _sidecar(final: Path) -> Path:
+    return final.with_name(f".{final.name}.json")
+
+
+# ---------------------------------------------------------------------------------------------
+def _prepare_out(out_dir: Path, fingerprint: str, settings: dict, resume: bool, verify: bool):
+    """Check what the output folder holds; return {shard file: sidecar info} of reusable shards."""
+    manifest_path = out_dir / tfrecord.MANIFEST_NAME
+    state_path = out_dir / STATE_NAME
+    prior = None
+    for path in (manifest_path, state_path):
+        if path.is_file():
+            try:
+                prior = json.loads(path.read_text())
+            except ValueError:
+                raise DatasetError(f"{path}: unreadable; delete {out_dir} or choose another output folder") from None
+            break
+    if prior is None and any(out_dir.glob("train-*.tfrecord")):
+        raise DatasetError(f"{out_dir}: holds TFRecord shards of unknown origin (no {tfrecord.MANIFEST_NAME}); "
+                           "choose another output folder")
+    if prior is not None and prior.get("fingerprint") != fingerprint:
+        raise DatasetError(f"{out_dir}: holds a different dataset (converted from {prior.get('source_dir', '?')}); "
+                           "choose another output folder or delete it")
+    same_settings = prior is not None and all(prior.get(k) == v for k, v in settings.items())
+    if resume and prior is not None and not same_settings:
+        was = ", ".join(f"{k}={prior.get(k)!r}" for k in settings)
+        raise DatasetError(f"{out_dir}: the interrupted conversion used {was}; resume with the same settings "
+                           "or start over without --resume")
+    reusable = {}
+    for stale in out_dir.glob(".train-*.partial"):
+        stale.unlink()
+    if resume and same_settings:
+        if manifest_path.is_file() and (not verify or prior.get("verified")):
+            return None  # already complete
+        for sidecar in out_dir.glob(".train-*.tfrecord.json"):
+            try:
+                info = json.loads(sidecar.read_text())
+            except ValueError:
+                continue
+            shard = out_dir / info.get("file", "")
+            if shard.is_file() and shard.stat().st_size == info.get("bytes") and (info.get("verified") or not verify):
+                reusable[info["file"]] = info
+    else:  # start over: remove only what a conversion writes
+        for path in [*out_dir.glob("train-*.tfrecord"), *out_dir.glob(".train-*.tfrecord.json"), manifest_path]:
+            path.unlink(missing_ok=True)
+    return reusable
+
+
+def _copy_pair_sets(src_dir: Path, out_dir: Path) -> list[str]:
+    names = []
+    for src in sorted(src_dir.glob("*.bin")):
+        dst = out_dir / src.name
+        names.append(src.name)
+        if dst.exists() and os.path.samefile(src, dst):
+            continue
+        tmp = out_dir / f".{src.name}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    return names
+
+
+def run_conversion(source, rows: dict, info: dict, src_dir: Path, out_dir, *, num_shards=None, workers=None,
+                   resume=False, verify=False, skip_corrupt=False, seed=0, progress=True) -> dict:
+    """Shared by .rec and folder conversion: plan shards, write the missing ones, then the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(rows["labels"])
+    num_shards = int(num_shards or default_num_shards(info["total_bytes"], n))
+    if not 1 <= num_shards <= n:
+        raise DatasetError(f"--shards {num_shards}: must be between 1 and the number of images ({n})")
+    verify = bool(verify or skip_corrupt)
+    settings = {"format_version": tfrecord.FORMAT_VERSION, "num_shards": num_shards, "seed": int(seed)}
+    reusable = _prepare_out(out_dir, info["fingerprint"], settings, resume, verify)
+    if reusable is None:
+        return tfrecord.read_manifest(out_dir)
+    tfrecord.write_json_atomic(out_dir / STATE_NAME, {"fingerprint": info["fingerprint"], "source_dir":
+                                                      info["source_dir"], **settings})
+    perm = np.random.default_rng(int(seed)).permutation(n)
+    parts = np.array_split(perm, num_shards)
+    tasks, done = [], {}
+    for s, part in enumerate(parts):
+        name = tfrecord.shard_name(s, num_shards)
+        if name in reusable:
+            done[name] = reusable[name]
+            continue
+        shard_rows = {k: v[part] for k, v in rows.items()}
+        tasks.append((source, shard_rows, str(out_dir / name), verify, skip_corrupt))
+    workers = int(workers or min(os.cpu_count() or 1, max(1, info["total_bytes"] // (16 << 20))))
+    workers = max(1, min(workers, len(tasks)))
+    todo = sum(len(t[1]["labels"]) for t in tasks)
+    started = time.perf_counter()
+    bar = _progress_bar(todo, progress, f"converting {info['source_dir']}")
+    try:
+        if workers == 1:
+            counter = _LocalCounter(bar)
+            _init_worker(counter)
+            try:
+                for task in tasks:
+                    result = _write_shard(task)
+                    done[result["file"]] = result
+            finally:
+                _init_worker(None)
+        else:
+            ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold TF threads
+            counter = ctx.Value("q", 0)
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
+                pending = pool.map_async(_write_shard, tasks, chunksize=1)
+                seen = 0
+                while not pending.ready():
+                    pending.wait(0.2)
+                    seen = _advance(bar, counter.value, seen)
+                _advance(bar, counter.value, seen)
+                for result in pending.get():
+                    done[result["file"]] = result
+    finally:
+        if bar is not None:
+            bar.close()
+        for stale in out_dir.glob(".train-*.partial"):
+            stale.unlink(missing_ok=True)
+    shards = [done[tfrecord.shard_name(s, num_shards)] for s in range(num_shards)]
+    skipped = sorted((x for sh in shards for x in sh["skipped"]), key=lambda x: str(x["key"]))
+    pair_sets = _copy_pair_sets(src_dir, out_dir)
+    labels = rows["labels"]
+    counts = np.bincount(labels, minlength=info["num_classes"])
+    manifest = {
+        "format_version": tfrecord.FORMAT_VERSION,
+        "num_images": int(sum(sh["records"] for sh in shards)),
+        "num_classes": int(info["num_classes"]),
+        "num_classes_source": info["num_classes_source"],
+        "image_size": list(info["image_size"]),
+        "schema": {tfrecord.IMAGE_KEY: "bytes: the source JPEG, never re-encoded", tfrecord.LABEL_KEY: "int64"},
+        "shards": [{"file": sh["file"], "records": sh["records"], "bytes": sh["bytes"], "sha256": sh["sha256"]}
+                   for sh in shards],
+        "sources": info["sources"],
+        "source_dir": info["source_dir"],
+        "source_kind": source.kind,
+        "fingerprint": info["fingerprint"],
+        "seed": int(seed),
+        "num_shards": num_shards,
+        "verified": all(sh.get("verified") for sh in shards),
+        "skipped": skipped,
+        "images_per_class": {"min": int(counts.min()), "max": int(counts.max()), "mean": float(counts.mean()),
+                             "empty_classes": int((counts == 0).sum())},
+        "pair_sets": pair_sets,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    for key in ("layout", "classes"):
+        if key in info:
+            manifest[key] = info[key]
+    tfrecord.write_json_atomic(out_dir / tfrecord.MANIFEST_NAME, manifest)
+    for path in [out_dir / STATE_NAME, *out_dir.glob(".train-*.tfrecord.json")]:
+        path.unlink(missing_ok=True)
+    return manifest
+
+
+class _LocalCounter:
+    """In-process stand-in for the shared counter: ticks go straight to the progress bar."""
+
+    def __init__(self, bar):
+        self._bar = bar
+        self._value = 0
+
+    def get_lock(self):
+        return _NullLock()
+
+    @property
+    def value(self):
+        return self._value
+
+    @value.setter
+    def value(self, new):
+        if self._bar is not None:
+            self._bar.update(new - self._value)
+        self._value = new
+
+
+class _NullLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _advance(bar, value, seen):
+    if bar is not None and value > seen:
+        bar.update(value - seen)
+    return max(seen, value)
+
+
+def _progress_bar(total, enabled, desc):
+    if not enabled or not total:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", unit_scale=True, desc=desc, mininterval=0.5)
+
+
+def convert_recordio(src_dir, out_dir, *, num_shards=None, workers=None, resume=False, verify=False,
+                     skip_corrupt=False, seed=0, progress=True) -> dict:
+    """Convert insightface's train.rec/.idx/property in `src_dir` to TFRecords in `out_dir`.
+
+    Returns the manifest.  `verify` decodes every image and fails on the first corrupt one;
+    `skip_corrupt` (implies verify) leaves corrupt images out and lists them in manifest["skipped"].
+    """
+    src_dir = Path(src_dir)
+    if not src_dir.exists():
+        raise DatasetError(f"{src_dir}: no such dataset folder")
+    source, rows, info, base = _plan_recordio(src_dir)
+    return run_conversion(source, rows, info, base, out_dir, num_shards=num_shards, workers=workers,
+                          resume=resume, verify=verify, skip_corrupt=skip_corrupt, seed=seed, progress=progress)
+
+
+def convert_folder(src_dir, out_dir, **kwargs) -> dict:
+    """Identity sub-folders of aligned face images -> the same TFRecord schema (see folder.py)."""
+    from face_recognition_tf.data.folder import convert_folder as _convert_folder
+
+    return _convert_folder(src_dir, out_dir, **kwargs)

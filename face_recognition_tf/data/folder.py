@@ -1,0 +1,120 @@
+"""A folder of identity sub-folders of aligned face photos -> the same TFRecords as a .rec.
+
+This is how a user fine-tunes on their own people: `photos/alice/*.jpg`, `photos/bob/*.png`, ...
+Classes are the sub-folder names in sorted order (listed in manifest["classes"]).  JPEG files that
+are already at the dataset's image size are stored byte for byte; other formats are encoded to
+JPEG (quality 95).  An image of another size is an error naming it, unless `resize=True`, because
+silently resizing an unaligned photo would train on faces the model will never see aligned.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from face_recognition_tf.data.convert import _fingerprint_listing, run_conversion
+from face_recognition_tf.errors import DatasetError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+JPEG_QUALITY = 95
+
+
+class FolderSource:
+    """Image files, shard-writing side (pickled to the worker processes)."""
+
+    kind = "folder"
+
+    def __init__(self, root: Path, paths: list[str], image_size, resize: bool):
+        self.root = Path(root)
+        self.paths = paths  # relative paths, row i of `rows` refers to paths[rows["keys"][i]]
+        self.image_size = tuple(image_size)
+        self.resize = resize
+
+    def encode(self, rel: str, verify: bool) -> tuple[bytes | None, str | None]:
+        """(JPEG bytes to store, None) or (None, why the file cannot be used)."""
+        import cv2
+
+        data = (self.root / rel).read_bytes()
+        is_jpeg = data[:2] == b"\xff\xd8"
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            return None, "not a readable image"
+        h, w = self.image_size
+        if img.shape[:2] != (h, w):
+            if not self.resize:
+                return None, f"image is {img.shape[1]}x{img.shape[0]}, expected aligned {w}x{h} faces " \
+                             "(align them first, or pass --resize)"
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            is_jpeg = False
+        if is_jpeg and b"\xff\xd9" not in data[-64:]:
+            return None, "corrupt JPEG (truncated: no end-of-image marker)"
+        if is_jpeg:
+            return data, None
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            return None, "could not be encoded as JPEG"
+        return buf.tobytes(), None
+
+    def write_rows(self, writer, rows: dict, verify: bool, skip_corrupt: bool, tick) -> list:
+        skipped = []
+        for i, (key, label) in enumerate(zip(rows["keys"].tolist(), rows["labels"].tolist())):
+            rel = self.paths[key]
+            jpeg, reason = self.encode(rel, verify)
+            if reason is not None:
+                if not (skip_corrupt and "expected aligned" not in reason):
+                    raise DatasetError(f"{self.root / rel}: {reason}")
+                skipped.append({"key": rel, "reason": reason})
+            else:
+                writer.add(label, jpeg)
+            if (i + 1) % 256 == 0:
+                tick(256)
+        tick(len(rows["keys"]) % 256)
+        return skipped
+
+
+def _plan_folder(src_dir: Path, image_size, resize: bool):
+    if not src_dir.is_dir():
+        raise DatasetError(f"{src_dir}: no such folder of identity sub-folders")
+    classes = sorted(d.name for d in src_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, labels, empty = [], [], []
+    for label, name in enumerate(classes):
+        files = sorted(
+            os.path.join(name, f.name) for f in (src_dir / name).iterdir()
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            empty.append(name)
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    if not paths:
+        raise DatasetError(f"{src_dir}: holds no identity sub-folders with images "
+                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    sizes = [(src_dir / p).stat().st_size for p in paths]
+    rows = {"keys": np.arange(len(paths), dtype=np.int64), "labels": np.asarray(labels, dtype=np.int64)}
+    info = {
+        "num_classes": len(classes),
+        "num_classes_source": "folders",
+        "classes": classes,
+        "image_size": list(image_size),
+        "total_bytes": int(sum(sizes)),
+        "fingerprint": _fingerprint_listing(list(zip(paths, sizes)), f"folder:{resize}"),
+        "sources": [{"file": f"{len(classes)} identity folders", "images": len(paths)}],
+        "source_dir": str(src_dir.resolve()),
+        "layout": {"empty_identity_folders": empty},
+    }
+    return FolderSource(src_dir, paths, image_size, resize), rows, info
+
+
+def convert_folder(src_dir, out_dir, *, num_shards=None, workers=None, resume=False, verify=False,
+                   skip_corrupt=False, seed=0, progress=True, resize=False, image_size=(112, 112)) -> dict:
+    """Convert `src_dir/<identity>/<image>` to TFRecord shards + manifest.json in `out_dir`.
+
+    Every image is decoded (to check its size), so `verify` is implied; `skip_corrupt` leaves
+    unreadable files out and lists them in manifest["skipped"] (wrong sizes stay errors).
+    """
+    src_dir = Path(src_dir)
+    source, rows, info = _plan_folder(src_dir, image_size, resize)
+    return run_conversion(source, rows, info, src_dir, out_dir, num_shards=num_shards, workers=workers,
+                          resume=resume, verify=True, skip_corrupt=skip_corrupt, seed=seed, progress=progress)
