@@ -162,15 +162,16 @@ def roc_png(target: str, per_checkpoint: Mapping[str, VerificationResult]) -> by
     figure = Figure(figsize=(6, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    lowest = 1.0
-    for name, result in per_checkpoint.items():
-        far, tar = np.asarray(result.roc_far), np.asarray(result.roc_tar)
-        keep = far > 0  # log axis: FAR 0 cannot be drawn
-        if keep.any():
-            lowest = min(lowest, float(far[keep].min()))
-        axes.plot(far[keep], tar[keep], label=f"{name} (AUC {result.auc:.4f}, acc {percent(result.accuracy_mean)}%)")
+    curves = {name: (np.asarray(r.roc_far), np.asarray(r.roc_tar)) for name, r in per_checkpoint.items()}
+    positive = [far[far > 0].min() for far, _ in curves.values() if (far > 0).any()]
+    # a log axis cannot show FAR 0: draw it at half the smallest measurable FAR so perfect curves stay visible
+    floor = max(min(min(positive, default=0.1), 0.1) / 2, 1e-6)
+    for name, (far, tar) in curves.items():
+        result = per_checkpoint[name]
+        axes.plot(np.maximum(far, floor), tar,
+                  label=f"{name} (AUC {result.auc:.4f}, acc {percent(result.accuracy_mean)}%)")
     axes.set_xscale("log")
-    axes.set_xlim(max(lowest, 1e-6), 1.0)
+    axes.set_xlim(floor, 1.0)
     axes.set_ylim(0.0, 1.01)
     axes.set_xlabel("false accept rate (FAR)")
     axes.set_ylabel("true accept rate (TAR)")
