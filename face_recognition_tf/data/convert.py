@@ -174,6 +174,9 @@ def _plan_recordio(src_dir: Path):
         is_image = (index.keys >= 1) & (index.keys < int(header[0]))
     else:
         is_image = index.payload_len > 0
+        last = n_total - 1  # without an .idx, face2rec's header is the last record in the file
+        if reader.idx_path is None and index.flags[last] > 0 and index.payload_len[last] == 0:
+            header = (float(index.label0[last]), float(index.label1[last]))
     empty = is_image & (index.payload_len <= 0)
     if empty.any():
         k = int(index.keys[np.argmax(empty)])
