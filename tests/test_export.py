@@ -119,3 +119,15 @@ def test_bad_requests_fail_before_any_work(model_path, tmp_path, capsys, monkeyp
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_onnx_matches_keras_when_the_extra_is_installed(model, images, tmp_path):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    out = export_model(model, tmp_path / "m.onnx")
+    import onnx
+
+    graph = onnx.load(str(out)).graph
+    assert [i.name for i in graph.input] == ["images"] and [o.name for o in graph.output] == ["embedding"]
+    reference = np.asarray(model(images, training=False))
+    assert _relative_error(run_exported(out, images), reference) < 1e-4
