@@ -64,11 +64,13 @@ def test_embed_images_flips_and_batches(workspace):
     x = (images.astype(np.float32) - 127.5) / 128.0
     expected = model(x, training=False).numpy()
     expected_flip = model(x[:, :, ::-1], training=False).numpy()
-    np.testing.assert_allclose(emb, expected, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(flips, expected_flip, rtol=1e-4, atol=1e-5)
+    # batch composition changes float summation order: compare relative to the embeddings' scale
+    atol = 1e-5 * np.abs(expected).max()
+    np.testing.assert_allclose(emb, expected, rtol=1e-4, atol=atol)
+    np.testing.assert_allclose(flips, expected_flip, rtol=1e-4, atol=atol)
     only, none = embed_images(model, images, batch_size=64, flip=False)
     assert none is None
-    np.testing.assert_allclose(only, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(only, expected, rtol=1e-4, atol=atol)
     with pytest.raises(ValueError, match="uint8"):
         embed_images(model, x)
 

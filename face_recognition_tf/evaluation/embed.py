@@ -21,27 +21,15 @@ from face_recognition_tf.evaluation.verification import (
 )
 
 
-def _normalizer():
-    """The package's one definition of model input, `(x - 127.5) / 128` in float32."""
-    try:
-        from face_recognition_tf.data.pipeline import normalize_images
-    except ImportError:  # data package not installed alongside (keeps this module usable on its own)
-        import tensorflow as tf
-
-        def normalize_images(images):
-            return (tf.cast(images, tf.float32) - 127.5) / 128.0
-
-    return normalize_images
-
-
 class Embedder:
     """A model plus its compiled embedding functions (with and without flips)."""
 
     def __init__(self, model):
         import tensorflow as tf
 
+        from face_recognition_tf.data.pipeline import normalize_images as normalize  # the one definition
+
         self.model = model
-        normalize = _normalizer()
         spec = [tf.TensorSpec([None, None, None, 3], tf.uint8)]
 
         def plain(images):
