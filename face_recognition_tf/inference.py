@@ -26,8 +26,8 @@ from face_recognition_tf.faces.gallery import Gallery, Match, l2_normalize
 
 # Cosine similarity above which two faces are called the same person.  0.3 (squared L2 distance 1.4
 # between normalised embeddings) is near the LFW best threshold of ArcFace-trained IR-ResNets; your
-# model's own value is the best threshold `frtf evaluate` reports (a distance: pass it as
-# `distance_threshold`, or convert with `similarity_from_distance`).
+# model's own value is the one `frtf evaluate` finds: read it with `threshold_from_results`
+# (its results.json), or pass the squared-L2 best threshold as `distance_threshold`.
 DEFAULT_THRESHOLD = 0.3
 
 
@@ -75,6 +75,47 @@ def resolve_threshold(threshold: float | None = None, distance_threshold: float 
     if not -1.0 <= float(threshold) <= 1.0:
         raise FaceRecognitionError(f"cosine threshold {threshold} is outside [-1, 1]")
     return float(threshold)
+
+
+def threshold_from_results(path, target: str | None = None, checkpoint: str | None = None) -> float:
+    """The cosine threshold `frtf evaluate` found, read from its results.json.
+
+    `target` defaults to "lfw" when present (the usual operating point) or to the only target;
+    `checkpoint` may be omitted when the file holds one.  Uses the entry's `cosine_threshold`, else
+    converts its mean best distance threshold (`threshold_mean`).
+    """
+    import json
+
+    from face_recognition_tf.errors import DatasetError
+
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())["results"]
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: results file not found") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a results.json written by `frtf evaluate` ({type(exc).__name__}: {exc})") from None
+
+    def choose(options, wanted, what, preferred=None):
+        names = list(options)
+        if wanted is not None:
+            if wanted not in options:
+                raise DatasetError(f"{path}: no {what} {wanted!r} (has {', '.join(names) or 'none'})")
+            return options[wanted]
+        if preferred in options:
+            return options[preferred]
+        if len(names) != 1:
+            raise DatasetError(f"{path}: holds {len(names)} {what}s ({', '.join(names)}); name one")
+        return options[names[0]]
+
+    if not isinstance(results, dict):
+        raise DatasetError(f"{path}: 'results' is not an object")
+    entry = choose(choose(results, checkpoint, "checkpoint"), target, "target", preferred="lfw")
+    if entry.get("cosine_threshold") is not None:
+        return float(entry["cosine_threshold"])
+    if entry.get("threshold_mean") is not None:
+        return similarity_from_distance(entry["threshold_mean"])
+    raise DatasetError(f"{path}: result entry has neither cosine_threshold nor threshold_mean")
 
 
 def _model_image_size(model) -> int:

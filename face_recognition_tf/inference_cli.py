@@ -38,11 +38,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                             help="skip unreadable photos and photos without a face (listed on stderr) instead of failing")
     elif command == "verify":
         parser.description = "Say whether two photos show the same person (prints similarity and SAME/DIFFERENT)."
-        parser.add_argument("image_a", metavar="A")
-        parser.add_argument("image_b", metavar="B")
+        parser.add_argument("image_a", metavar="A", help="photo (or aligned 112x112 crop)")
+        parser.add_argument("image_b", metavar="B", help="photo (or aligned 112x112 crop)")
     else:
         parser.description = "Rank the gallery identities closest to the face in a photo."
-        parser.add_argument("image", metavar="IMAGE")
+        parser.add_argument("image", metavar="IMAGE", help="photo of the person to identify")
         parser.add_argument("--gallery", required=True,
                             help="folder of identity sub-folders (GALLERY/NAME/*.jpg) or an .npz saved with --save-gallery")
         parser.add_argument("--top-k", type=int, default=5, help="identities to list (default 5)")
@@ -53,8 +53,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         group.add_argument("--threshold", type=float,
                            help="cosine-similarity threshold for SAME / a match (default 0.3)")
         group.add_argument("--distance-threshold", type=float,
-                           help="threshold as a squared L2 distance between normalised embeddings, e.g. the best "
-                                "threshold `frtf evaluate` reports in results.json (similarity = 1 - distance/2)")
+                           help="threshold as a squared L2 distance between normalised embeddings, e.g. "
+                                "`threshold_mean` in `frtf evaluate`'s results.json (similarity = 1 - distance/2)")
+        group.add_argument("--threshold-from", metavar="RESULTS_JSON",
+                           help="use the threshold `frtf evaluate` found (its results.json); see --target, --checkpoint")
+        parser.add_argument("--target", help="with --threshold-from: the pair set whose threshold to use (default lfw)")
+        parser.add_argument("--checkpoint", help="with --threshold-from: the checkpoint's name, if the file holds several")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--aligned", action="store_true",
                         help="photos are already aligned 112x112 crops: skip detection (auto-detected for 112x112 inputs)")
@@ -67,14 +71,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _recognizer(args):
-    from face_recognition_tf.inference import FaceRecognizer
+    from face_recognition_tf.inference import FaceRecognizer, threshold_from_results
 
+    threshold = getattr(args, "threshold", None)
+    if getattr(args, "threshold_from", None):
+        threshold = threshold_from_results(args.threshold_from, args.target, args.checkpoint)
     return FaceRecognizer(
         args.model,
         detector=None if args.aligned else "mtcnn",
         flip=not args.no_flip,
         batch_size=args.batch_size,
-        threshold=getattr(args, "threshold", None),
+        threshold=threshold,
         distance_threshold=getattr(args, "distance_threshold", None),
         pick=args.pick,
         min_face_size=args.min_face_size,

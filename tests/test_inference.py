@@ -14,7 +14,7 @@ import pytest
 from face_recognition_tf.cli import main as frtf
 from face_recognition_tf.errors import DatasetError, FaceRecognitionError
 from face_recognition_tf.faces import Gallery, read_image
-from face_recognition_tf.inference import FaceRecognizer, similarity_from_distance
+from face_recognition_tf.inference import FaceRecognizer, similarity_from_distance, threshold_from_results
 
 
 def _tiny_model():
@@ -117,6 +117,28 @@ def test_verify_scores_and_thresholds(recognizer):
         recognizer.verify(a, b, distance_threshold=5)
 
 
+def _results_json(path, entries):
+    path.write_text(json.dumps({"format_version": 1, "flip": True, "results": entries}))
+    return path
+
+
+def test_threshold_from_evaluate_results(tmp_path):
+    one = _results_json(tmp_path / "one.json", {"run/ckpt-5": {
+        "lfw": {"threshold_mean": 1.4, "cosine_threshold": 0.3}, "agedb_30": {"threshold_mean": 1.5}}})
+    assert threshold_from_results(one) == pytest.approx(0.3)  # lfw preferred
+    assert threshold_from_results(one, target="agedb_30") == pytest.approx(0.25)  # 1 - 1.5 / 2
+    with pytest.raises(DatasetError, match="no target 'cfp_fp' \\(has lfw, agedb_30\\)"):
+        threshold_from_results(one, target="cfp_fp")
+    two = _results_json(tmp_path / "two.json", {"a": {"lfw": {"cosine_threshold": 0.2}},
+                                               "b": {"lfw": {"cosine_threshold": 0.4}}})
+    with pytest.raises(DatasetError, match="two.json: holds 2 checkpoints \\(a, b\\); name one"):
+        threshold_from_results(two)
+    assert threshold_from_results(two, checkpoint="b") == pytest.approx(0.4)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(DatasetError, match="bad.json: not a results.json"):
+        threshold_from_results(tmp_path / "bad.json")
+
+
 def test_gallery_build_identify_and_npz_round_trip(recognizer, gallery_folder, tmp_path):
     with pytest.warns(UserWarning, match="corrupt.jpg"):
         gallery = recognizer.build_gallery(gallery_folder)
@@ -199,6 +221,9 @@ def test_cli_embed_verify_identify(model_path, gallery_folder, tmp_path, capsys)
     assert frtf(["verify", str(model_path), str(a), str(b), "--threshold", "0.9999", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["same"] is False and result["threshold"] == 0.9999
+    results = _results_json(tmp_path / "results.json", {"m": {"lfw": {"cosine_threshold": 0.125}}})
+    assert frtf(["verify", str(model_path), str(a), str(b), "--threshold-from", str(results), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] == 0.125
 
     npz = tmp_path / "g.npz"
     with warnings.catch_warnings():
