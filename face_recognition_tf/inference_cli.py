@@ -107,6 +107,17 @@ def _expand_images(entries: list[str]) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
+def _require_inputs(images=(), gallery=None) -> None:
+    """Fail on a missing photo or gallery before paying for TensorFlow and the model."""
+    from face_recognition_tf.errors import DatasetError
+
+    for path in images:
+        if not Path(path).exists():
+            raise DatasetError(f"{path}: image file not found")
+    if gallery is not None and not Path(gallery).exists():
+        raise DatasetError(f"{gallery}: gallery not found (expected a folder of identity sub-folders or an .npz)")
+
+
 def _write_npz_atomically(path: Path, **arrays) -> None:
     import numpy as np
 
@@ -151,6 +162,7 @@ def _run_embed(args) -> int:
 
 
 def _run_verify(args) -> int:
+    _require_inputs([args.image_a, args.image_b])
     recognizer = _recognizer(args)
     aligned = True if args.aligned else None
     result = recognizer.verify(args.image_a, args.image_b, aligned=aligned)
@@ -165,6 +177,7 @@ def _run_verify(args) -> int:
 
 
 def _run_identify(args) -> int:
+    _require_inputs([args.image], args.gallery)
     recognizer = _recognizer(args)
     gallery = recognizer.load_gallery(args.gallery)
     for source, message in gallery.skipped:
