@@ -135,6 +135,20 @@ def test_evaluate_several_checkpoints_of_a_run_folder(workspace, capsys):
     assert sorted(p.name for p in out.glob("*.png")) == ["roc_cfp_fp.png"]
 
 
+def test_without_data_uses_the_embedded_sample(workspace, capsys, monkeypatch):
+    import face_recognition_tf.data.sample as sample
+
+    root, _ = workspace
+    calls = []
+    # the real sample takes ~20 s to build and ~1 min to embed on 2 cores; its wiring is what is tested here
+    monkeypatch.setattr(sample, "ensure_sample_dataset", lambda: calls.append(1) or root / "data")
+    code = main(["evaluate", str(root / "m.keras"), "--targets", "cfp_fp", "--out", str(root / "sample_out"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert calls == [1] and "embedded sample dataset" in captured.err
+    assert json.loads((root / "sample_out" / "results.json").read_text())["data"] == str(root / "data")
+
+
 def test_user_errors_exit_2_with_one_line(workspace, capsys):
     root, _ = workspace
     cases = [
