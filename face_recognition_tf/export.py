@@ -135,10 +135,8 @@ def _replace_path(tmp: Path, out: Path, overwrite: bool) -> None:
         os.replace(tmp, out)
 
 
-def export_model(model, out, format: str | None = None, *, quantize: str = "none", opset: int = 17,
-                 l2_normalize: bool = False, overwrite: bool = False) -> Path:
-    """Export an embedding model (a path `model_io` loads, or a Keras model) to `out`; returns `out`."""
-    out = Path(out)
+def check_request(out: Path, format: str | None, quantize: str, overwrite: bool) -> str:
+    """Refuse an impossible export before any slow work; returns the format."""
     format = format or infer_format(out)
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
@@ -146,13 +144,21 @@ def export_model(model, out, format: str | None = None, *, quantize: str = "none
         raise ConfigError(f"unknown quantization {quantize!r}; choose from {', '.join(QUANTIZATIONS)}")
     if quantize != "none" and format != "tflite":
         raise ConfigError(f"--quantize applies to TFLite exports only (format is {format})")
-    if out.exists() and not overwrite:  # refuse before any slow work
+    if out.exists() and not overwrite:
         raise FaceRecognitionError(f"{out}: already exists (pass --overwrite to replace it)")
     if format == "onnx":
         try:
             import tf2onnx  # noqa: F401
         except ImportError:
             raise FaceRecognitionError(f"ONNX export needs tf2onnx, which is not installed: {ONNX_INSTALL_HINT}") from None
+    return format
+
+
+def export_model(model, out, format: str | None = None, *, quantize: str = "none", opset: int = 17,
+                 l2_normalize: bool = False, overwrite: bool = False) -> Path:
+    """Export an embedding model (a path `model_io` loads, or a Keras model) to `out`; returns `out`."""
+    out = Path(out)
+    format = check_request(out, format, quantize, overwrite)
     if isinstance(model, (str, Path)):
         from face_recognition_tf.model_io import load_embedding_model
 
@@ -243,7 +249,7 @@ def configure_parser(parser) -> None:
 def run(args) -> int:
     from face_recognition_tf.model_io import load_embedding_model
 
-    format = args.format or infer_format(args.out)
+    format = check_request(Path(args.out), args.format, args.quantize, args.overwrite)
     model = load_embedding_model(args.model)
     out = export_model(model, args.out, format, quantize=args.quantize, opset=args.opset,
                        l2_normalize=args.l2_normalize, overwrite=args.overwrite)
