@@ -345,10 +345,11 @@ class FaceRecognizer:
                 sources.append(str(photo) if isinstance(photo, (str, Path)) else f"{name} #{len(sources)}")
         embeddings, kept, failures = self.embed_many(items, aligned, skip_errors=skip_errors,
                                                      progress=progress, names=sources)
-        for where, message in failures:
+        for _, message in failures:
             warnings.warn(f"gallery: skipped {message}", stacklevel=2)
         kept_labels = np.asarray([labels[i] for i in kept], np.int64)
-        empty = [name for i, name in enumerate(people) if i not in set(kept_labels.tolist())]
+        present = set(kept_labels.tolist())
+        empty = [name for i, name in enumerate(people) if i not in present]
         if empty:
             raise FaceRecognitionError(f"{label}: no usable face for identit{'y' if len(empty) == 1 else 'ies'} "
                                        f"{', '.join(map(repr, empty))} ({len(failures)} photo(s) skipped)")
