@@ -150,6 +150,15 @@ def test_out_of_range_labels_raise_inside_tf_function():
         fn(emb, np.array([2, 3]))
 
 
+@pytest.mark.parametrize("name", ["arcface", "softmax"])
+def test_out_of_range_labels_give_nan_logits_under_xla(name):
+    # XLA drops assertion ops; the bad sample's logits turn NaN so the loss cannot hide it.
+    head = build_head(name, CLASSES, EMB)
+    fn = tf.function(lambda e, y: head(e, y), jit_compile=True)
+    logits = fn(np.ones((3, EMB), np.float32), np.array([0, CLASSES, 2])).numpy()
+    assert np.isnan(logits[1]).all() and np.isfinite(logits[[0, 2]]).all()
+
+
 def test_labels_of_shape_b_by_1_and_int64_are_accepted():
     head = build_head("arcface", CLASSES, EMB)
     emb = np.random.default_rng(1).normal(size=(4, EMB)).astype(np.float32)

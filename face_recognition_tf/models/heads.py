@@ -31,8 +31,9 @@ Numerics: whatever the input dtype or mixed-precision policy, heads compute in f
 layer's dtype policy is float32 and inputs are cast), clamp cosines to [-1, 1] and guard every
 sqrt/acos so values and gradients stay finite at cos = -1, 1 and at the branch edges.  Labels
 outside [0, num_classes) raise ``InvalidArgumentError`` naming the first bad label (a silent
-all-zero one-hot would train on garbage).  XLA drops assertion ops, so under ``jit_compile`` the
-check is only as good as the data pipeline's.
+all-zero one-hot would train on garbage).  XLA drops assertion ops, so under ``jit_compile`` a
+sample with a bad label gets NaN logits instead: the loss turns NaN, loudly, rather than training
+on a wrong target.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ def _float32_kwargs(kwargs):
 
 def check_labels(labels, num_classes: int):
     """Return labels as int32 (B,), raising a clear error for any label outside [0, num_classes)."""
+    labels, _ = _labels_and_bad(labels, num_classes)
+    return labels
+
+
+def _poison(logits, bad):
+    # Where the assertion cannot run (XLA), make bad rows NaN rather than silently wrong.
+    return logits + tf.where(bad, float("nan"), 0.0)[:, None]
+
+
+def _labels_and_bad(labels, num_classes: int):
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
     bad = tf.logical_or(labels < 0, labels >= num_classes)
     first_bad = tf.gather(labels, tf.argmax(tf.cast(bad, tf.int32)))
@@ -68,7 +79,7 @@ def check_labels(labels, num_classes: int):
             )
         ]
     ):
-        return tf.identity(labels)
+        return tf.identity(labels), bad
 
 
 class _HeadBase(keras.layers.Layer):
@@ -130,12 +141,12 @@ class MarginHead(_HeadBase):
         raise NotImplementedError
 
     def call(self, embeddings, labels):
-        labels = check_labels(labels, self.num_classes)
+        labels, bad = _labels_and_bad(labels, self.num_classes)
         cos = self.cosine(embeddings)
         one_hot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
         target = tf.reduce_sum(cos * one_hot, axis=1, keepdims=True)
         logits = cos + one_hot * (self.target_logit(target) - target)
-        return self.s * logits
+        return _poison(self.s * logits, bad)
 
     def class_logits(self, embeddings):
         """Logits without margin (``s * cos``): what accuracy and prediction use."""
@@ -268,9 +279,8 @@ class SoftmaxHead(_HeadBase):
     kernel_init = "glorot_uniform"
 
     def call(self, embeddings, labels):
-        labels = check_labels(labels, self.num_classes)
-        with tf.control_dependencies([labels]):
-            return tf.identity(self.class_logits(embeddings))
+        labels, bad = _labels_and_bad(labels, self.num_classes)
+        return _poison(self.class_logits(embeddings), bad)
 
     def class_logits(self, embeddings):
         return tf.matmul(tf.cast(embeddings, tf.float32), self.kernel) + self.bias
