@@ -46,7 +46,7 @@ def expand_model_paths(paths: list[str]) -> list[str]:
     """
     expanded: list[str] = []
     for raw in paths:
-        matches = sorted(glob.glob(raw)) if glob.has_magic(raw) else [raw]
+        matches = sorted(glob.glob(raw), key=_natural_key) if glob.has_magic(raw) else [raw]
         if not matches:
             raise CheckpointError(f"{raw}: no file or folder matches this pattern")
         for item in matches:
@@ -69,6 +69,11 @@ def expand_model_paths(paths: list[str]) -> list[str]:
                 )
     # keep order, drop repeats (a glob and an explicit path may name the same checkpoint)
     return list(dict.fromkeys(expanded))
+
+
+def _natural_key(path: str):
+    """Sort `ckpt-5` before `ckpt-10`, as a person reads them."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
 def describe(path: str | Path) -> str:
