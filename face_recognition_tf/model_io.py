@@ -117,12 +117,12 @@ def _exists(path: Path) -> bool:
 
 
 def _load_keras_file(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
     import keras
 
     import face_recognition_tf.models  # noqa: F401  (registers the custom layers for deserialisation)
 
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad archive
