@@ -16,7 +16,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -40,6 +40,8 @@ FREEZE = ("none", "first_layers", "all_but_head")
 class ModelConfig:
     backbone: str = "r50"
     embedding_size: int = 512
+    # aligned faces are 112x112 in every insightface dataset; smaller sizes only for quick experiments
+    input_size: int = 112
     normalization: str = "batch"
     dropout: float = 0.0
     width_multiplier: float = 1.0
@@ -71,7 +73,8 @@ class DataConfig:
     # filled from manifest.json by the trainer; a typed value must agree with the manifest
     num_classes: Optional[int] = None
     shuffle_buffer: Optional[int] = None
-    augment: bool = True
+    # the pipeline's batch augmentations: flip, color_jitter, grayscale, blur, rotation, crop
+    augment: Dict[str, Any] = field(default_factory=lambda: {"flip": True})
     # deterministic order makes resume continue with exactly the batches an uninterrupted run would see
     deterministic: bool = True
     seed: int = 0
@@ -182,7 +185,7 @@ _CHOICES = {
     "train.schedule.name": SCHEDULES,
     "finetune.freeze": FREEZE,
 }
-_POSITIVE = ("model.embedding_size", "train.batch_size", "train.accumulation_steps", "train.max_steps",
+_POSITIVE = ("model.embedding_size", "model.input_size", "train.batch_size", "train.accumulation_steps", "train.max_steps",
              "checkpoint.every_steps", "checkpoint.keep", "log.every_steps", "validation.every_steps",
              "validation.batch_size")
 
@@ -316,7 +319,7 @@ def backbone_kwargs(cfg: DictConfig) -> dict:
         "name": m.backbone,
         "embedding_size": int(m.embedding_size),
         "normalization": m.normalization,
-        "input_shape": [112, 112, 3],
+        "input_shape": [int(m.input_size), int(m.input_size), 3],
         "dropout": float(m.dropout),
         "width_multiplier": float(m.width_multiplier),
         "weight_decay": float(weight_decay),

@@ -231,6 +231,12 @@ def steps_per_epoch(num_images: int, global_batch: int) -> int:
     return max(1, num_images // global_batch)
 
 
+def augment_options(cfg: DictConfig) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg.data.augment, resolve=True) or {}
+
+
 def make_dataset_fn(cfg: DictConfig, data_dir: Path, epoch: int, skip_micro_batches: int):
     """Per-replica input for one epoch: a fresh shuffle seeded by the epoch, skipping what was consumed.
 
@@ -242,7 +248,7 @@ def make_dataset_fn(cfg: DictConfig, data_dir: Path, epoch: int, skip_micro_batc
         ds = build_train_dataset(
             str(data_dir),
             int(cfg.train.batch_size),
-            augment=bool(cfg.data.augment),
+            augment=augment_options(cfg),
             shuffle_buffer=cfg.data.shuffle_buffer,
             seed=int(cfg.data.seed) * 1_000_003 + int(epoch),
             deterministic=bool(cfg.data.deterministic),
@@ -292,6 +298,15 @@ class Trainer:
                 f"data.num_classes is {cfg.data.num_classes} but {self.data_dir}/manifest.json says {num_classes}; "
                 "remove data.num_classes (it is read from the manifest)"
             )
+        size = manifest.get("image_size")
+        side = size[0] if isinstance(size, (list, tuple)) else size
+        if side is not None and int(side) != int(cfg.model.input_size):
+            raise ConfigError(
+                f"{self.data_dir}/manifest.json: images are {side}px but model.input_size is {cfg.model.input_size}"
+            )
+        from face_recognition_tf.data.augment import resolve
+
+        resolve(augment_options(cfg))  # unknown augmentation keys fail now, not at the first batch
         cfg.data.num_classes = num_classes
         cfg.data.dir = str(self.data_dir)
         self.num_images = int(manifest["num_images"])
@@ -413,14 +428,14 @@ class Trainer:
                   "inference_loss": result.inference_loss, "reg_loss": result.reg_loss, "reg_coef": coef,
                   "lr": lr, "accuracy": result.accuracy, "grad_norm": result.grad_norm, "images_per_sec": rate}
         with writer.as_default(step=step):
-            tf.summary.scalar("loss/total", result.loss)
-            tf.summary.scalar("loss/inference", result.inference_loss)
-            tf.summary.scalar("loss/regularization", result.reg_loss)
-            tf.summary.scalar("train/reg_coef", coef)
-            tf.summary.scalar("train/accuracy", result.accuracy)
-            tf.summary.scalar("train/learning_rate", lr)
-            tf.summary.scalar("train/grad_norm", result.grad_norm)
-            tf.summary.scalar("train/images_per_sec", rate)
+            _scalar("loss/total", result.loss)
+            _scalar("loss/inference", result.inference_loss)
+            _scalar("loss/regularization", result.reg_loss)
+            _scalar("train/reg_coef", coef)
+            _scalar("train/accuracy", result.accuracy)
+            _scalar("train/learning_rate", lr)
+            _scalar("train/grad_norm", result.grad_norm)
+            _scalar("train/images_per_sec", rate)
         if self.info.is_chief:
             ck.append_history(self.run_dir, record)
         if bar is not None:
@@ -432,7 +447,7 @@ class Trainer:
         scores = self.validator(self.step_fn.backbone)
         with writer.as_default(step=step):
             for name, value in scores.items():
-                tf.summary.scalar(f"val/{name}", value)
+                _scalar(f"val/{name}", value)
         scores = dict(scores, step=step)
         if self.info.is_chief:
             ck.append_history(self.run_dir, {"event": "validation", **scores})
@@ -443,6 +458,19 @@ class Trainer:
         tqdm_write("step {}: validation {}".format(
             step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "step")))
         return scores
+
+
+def _scalar(tag: str, value: float) -> None:
+    """A TensorBoard scalar written with TensorFlow core only.
+
+    `tf.summary.scalar` lives in the `tensorboard` package, which is only needed to *view* logs; the
+    event written here (float tensor + "scalars" plugin metadata) is what it would write.
+    """
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=metadata.SerializeToString())
 
 
 def tqdm_write(message: str) -> None:
