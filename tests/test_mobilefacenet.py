@@ -3,8 +3,10 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from face_recognition_tf.models import build_backbone
+from face_recognition_tf.models.layers import GroupedConv2D
 from test_iresnet import check_mixed_precision, param_count, producer
 
 
@@ -84,3 +86,25 @@ def test_full_width_forward(mbf):
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_outputs_float32(policy):
     check_mixed_precision("mobilefacenet", policy)
+
+
+@pytest.mark.parametrize("cin,cout,groups,stride,padding", [(8, 8, 4, 1, "same"), (8, 12, 2, 2, "valid"),
+                                                           (6, 6, 3, 1, "valid"), (4, 8, 1, 1, "same")])
+def test_grouped_conv_equals_keras_grouped_conv(cin, cout, groups, stride, padding):
+    # The depthwise-plus-sum form must be the same operator, kernel layout included.
+    x = tf.constant(np.random.default_rng(6).normal(size=(2, 9, 9, cin)).astype(np.float32))
+    ours = GroupedConv2D(cout, 3, strides=stride, groups=groups, padding=padding)
+    reference = keras.layers.Conv2D(cout, 3, strides=stride, groups=groups, padding=padding,
+                                    use_bias=False)
+    reference(x)
+    ours.build(x.shape)
+    assert ours.kernel.shape == reference.kernel.shape
+    ours.kernel.assign(reference.kernel)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ours, y_ref = ours(x), reference(x)
+        loss_ours, loss_ref = tf.reduce_sum(y_ours**2), tf.reduce_sum(y_ref**2)
+    assert tuple(ours.compute_output_shape(x.shape)) == tuple(y_ref.shape)
+    np.testing.assert_allclose(y_ours.numpy(), y_ref.numpy(), atol=1e-5)
+    for a, b in zip(tape.gradient(loss_ours, [x, ours.kernel]), tape.gradient(loss_ref, [x, reference.kernel])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
