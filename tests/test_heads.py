@@ -159,6 +159,11 @@ def test_out_of_range_labels_give_nan_logits_under_xla(name):
     assert np.isnan(logits[1]).all() and np.isfinite(logits[[0, 2]]).all()
 
 
+def test_empty_batch_is_fine():
+    head = build_head("arcface", CLASSES, EMB)
+    assert head(np.zeros((0, EMB), np.float32), np.zeros((0,), np.int32)).shape == (0, CLASSES)
+
+
 def test_labels_of_shape_b_by_1_and_int64_are_accepted():
     head = build_head("arcface", CLASSES, EMB)
     emb = np.random.default_rng(1).normal(size=(4, EMB)).astype(np.float32)

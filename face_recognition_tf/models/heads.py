@@ -66,13 +66,13 @@ def _poison(logits, bad):
 def _labels_and_bad(labels, num_classes: int):
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
     bad = tf.logical_or(labels < 0, labels >= num_classes)
-    first_bad = tf.gather(labels, tf.argmax(tf.cast(bad, tf.int32)))
+    first_bad = tf.boolean_mask(labels, bad)[:3]  # safe for an empty (per-replica) batch
     with tf.control_dependencies(
         [
             tf.debugging.Assert(
                 tf.logical_not(tf.reduce_any(bad)),
                 [
-                    "label out of range: got label",
+                    "label out of range: got labels",
                     first_bad,
                     f"but num_classes is {num_classes} (labels must be in [0, {num_classes}))",
                 ],
