@@ -28,6 +28,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-index", type=int, help="multi_worker: this worker's index in --worker-hosts")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to TensorBoard)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.05")
+    # overrides may sit between options (`--config X train.lr=0.05 --max-steps 5`)
+    parser.parse_args = parser.parse_intermixed_args
 
 
 def _int_list(text: str | None, flag: str) -> list[int] | None:

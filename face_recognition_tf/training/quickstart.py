@@ -24,6 +24,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="stop training after N updates (a fast smoke run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=200")
+    parser.parse_args = parser.parse_intermixed_args  # overrides may sit between options
 
 
 def _prepare_out(out: Path) -> None:
@@ -35,13 +36,6 @@ def _prepare_out(out: Path) -> None:
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by frtf quickstart; its data/ and run/ are replaced on the next run\n")
-
-
-def _scores(model, pair_sets) -> dict:
-    from face_recognition_tf.evaluation import evaluate_model
-
-    results = evaluate_model(model, pair_sets, batch_size=64)
-    return {name: float(result.accuracy_mean) for name, result in results.items()}
 
 
 def run(args) -> int:
@@ -63,6 +57,7 @@ def run(args) -> int:
     from face_recognition_tf.data.sample import ensure_sample_dataset
     from face_recognition_tf.training.checkpoints import write_json_atomic
     from face_recognition_tf.training.trainer import Trainer
+    from face_recognition_tf.training.validation import Validator
 
     print("quickstart: making the sample dataset (insightface layout) ...", flush=True)
     sample = ensure_sample_dataset()
@@ -71,12 +66,17 @@ def run(args) -> int:
     pair_sets = {name: load_bin(path) for name, path in sorted(find_bins(out / "data").items())}
     if not pair_sets:
         raise FaceRecognitionError(f"{out / 'data'}: the converted sample has no .bin pair sets")
+    # the same pairs (validation.max_pairs) before training, during it and after it
+    validator = Validator(pair_sets, batch_size=cfg.validation.batch_size, max_pairs=cfg.validation.max_pairs)
+
+    def scores(model):
+        return {k: v for k, v in validator(model).items() if k != "mean"}
 
     trainer = Trainer(cfg, info, data_dir=out / "data", run_dir=out / "run", max_steps=args.max_steps,
                       resume="never", progress=False if args.no_progress else None)
     trainer.prepare()
     print("quickstart: scoring the untrained model ...", flush=True)
-    before = _scores(trainer.step_fn.backbone, pair_sets)
+    before = scores(trainer.step_fn.backbone)
     print(f"quickstart: training {trainer.stop_step} updates of {cfg.model.backbone} "
           f"(global batch {trainer.step_fn.global_batch}) ...", flush=True)
     train_started = time.perf_counter()
@@ -86,7 +86,7 @@ def run(args) -> int:
     after = {k: v for k, v in (summary["validation"] or {}).items() if k in pair_sets}
     if set(after) != set(pair_sets):
         print("quickstart: scoring the trained model ...", flush=True)
-        after = _scores(trainer.step_fn.backbone, pair_sets)
+        after = scores(trainer.step_fn.backbone)
 
     def mean(d):
         return sum(d.values()) / len(d)

@@ -130,6 +130,10 @@ class TrainStep:
             reg_coef=self.reg_coef, epoch=self.epoch, epoch_step=self.epoch_step,
         )
 
+    @tf.function
+    def weights_finite(self):
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.variables])
+
     def learning_rate(self) -> float:
         return float(inner_optimizer(self.optimizer).learning_rate.numpy())
 
@@ -403,6 +407,12 @@ class Trainer:
 
     def _save(self, step: int, epoch: int, position: int) -> None:
         s = self.step_fn
+        if not bool(s.weights_finite()):
+            # a finite loss can still be followed by an update that overflows the weights
+            raise NonFiniteLossError(
+                f"step {step}: the weights are no longer finite after this update; not saved, the last good "
+                f"checkpoint in {self.run_dir / ck.CHECKPOINT_DIR} is untouched. Lower train.lr or set train.clip_norm"
+            )
         s.step.assign(step)
         s.epoch.assign(epoch)
         s.epoch_step.assign(position)
