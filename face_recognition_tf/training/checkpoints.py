@@ -60,6 +60,16 @@ def append_history(run_dir: Path, record: dict) -> None:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def repair_history(run_dir: Path) -> None:
+    """A process killed mid-write leaves a partial last line; start the resumed run on a fresh one."""
+    path = Path(run_dir) / HISTORY
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+
+
 def checkpoint_paths(run_dir: Path) -> list[Path]:
     """Listed checkpoint prefixes, newest first."""
     import tensorflow as tf

@@ -342,6 +342,7 @@ class Trainer:
 
             self.best = float(json.loads(best_json.read_text()).get("mean", -1.0))
         if self.info.is_chief:
+            ck.repair_history(self.run_dir)
             save_config(cfg, self.run_dir / ck.CONFIG_FILE)
             ck.write_json_atomic(self.run_dir / ck.BACKBONE_SPEC, self.backbone_spec)
             ck.write_json_atomic(self.run_dir / "head.json", self.head_spec)
