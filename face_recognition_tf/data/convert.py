@@ -21,6 +21,7 @@ import datetime
 import hashlib
 import json
 import math
+import mmap
 import multiprocessing
 import os
 import shutil
@@ -36,6 +37,8 @@ from face_recognition_tf.errors import DatasetError
 STATE_NAME = ".frtf-convert.json"
 SHARD_TARGET_BYTES = 64 << 20  # default shard size: enough shards to interleave and to balance workers
 _PROGRESS_EVERY = 1024
+_DROP_EVERY = 2 << 20  # bytes copied out of the mapped .rec between dropping its mapped pages (the
+# kernel maps up to 64 KiB around each touched page, so a record costs far more than its size)
 
 
 def default_num_shards(total_bytes: int, num_images: int) -> int:
@@ -93,41 +96,58 @@ class RecSource:
         self.image_size = tuple(image_size)
 
     def write_rows(self, writer, rows: dict, verify: bool, skip_corrupt: bool, tick) -> list:
+        """Copy this shard's JPEGs from the memory-mapped .rec into the writer, in shard order.
+
+        A slice copy out of the mapping costs ~1 us against ~4 us for a pread per record; the
+        mapped pages are dropped every _DROP_EVERY bytes so resident memory stays flat however
+        large the dataset is.
+        """
         skipped = []
         reader = None  # opened only for the rare records split into parts
-        fd = os.open(self.rec_path, os.O_RDONLY)
-        try:
-            keys = rows["keys"].tolist()
-            labels = rows["labels"].tolist()
-            starts = rows["payload_start"].tolist()
-            lengths = rows["payload_len"].tolist()
-            multipart = rows["multipart"].tolist()
-            offsets = rows["offsets"].tolist()
-            for i, key in enumerate(keys):
-                if multipart[i] or verify:
-                    if multipart[i]:
-                        reader = reader or RecordIOReader(self.rec_path)
-                        record = reader.read_at(offsets[i], key=key)
-                        image = record[len(record) - lengths[i]:]
-                    else:
-                        image = os.pread(fd, lengths[i], starts[i])
-                    reason = check_jpeg(image, self.image_size) if verify else None
-                    if reason is not None:
-                        if not skip_corrupt:
-                            raise DatasetError(f"{self.rec_path}: key {key}: {reason} (pass --skip-corrupt to "
-                                               "leave such images out)")
-                        skipped.append({"key": int(key), "reason": reason})
-                    else:
-                        writer.add(labels[i], image)
-                else:
-                    writer.add(labels[i], fd=fd, offset=starts[i], length=lengths[i])
-                if (i + 1) % _PROGRESS_EVERY == 0:
-                    tick(_PROGRESS_EVERY)
-            tick(len(keys) % _PROGRESS_EVERY)
-        finally:
-            if reader is not None:
-                reader.close()
-            os.close(fd)
+        keys = rows["keys"].tolist()
+        labels = rows["labels"].tolist()
+        starts = rows["payload_start"].tolist()
+        lengths = rows["payload_len"].tolist()
+        multipart = rows["multipart"].tolist()
+        offsets = rows["offsets"].tolist()
+        add = writer.add
+        slow = verify or any(multipart)
+        copied = 0
+        with open(self.rec_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if hasattr(mm, "madvise"):  # no read-around: it would map 64 KiB per touched record
+                mm.madvise(mmap.MADV_RANDOM)
+            src = memoryview(mm)
+            try:
+                for lo in range(0, len(keys), _PROGRESS_EVERY):
+                    hi = min(lo + _PROGRESS_EVERY, len(keys))
+                    if not slow:  # the hot loop: one slice copy per record
+                        for label, start, n in zip(labels[lo:hi], starts[lo:hi], lengths[lo:hi]):
+                            add(label, src, start, n)
+                    for i in range(lo, hi) if slow else ():
+                        key = keys[i]
+                        if multipart[i]:
+                            reader = reader or RecordIOReader(self.rec_path)
+                            record = reader.read_at(offsets[i], key=key)
+                            image = record[len(record) - lengths[i]:]
+                        else:
+                            image = bytes(src[starts[i] : starts[i] + lengths[i]])
+                        reason = check_jpeg(image, self.image_size) if verify else None
+                        if reason is None:
+                            add(labels[i], image)
+                        elif skip_corrupt:
+                            skipped.append({"key": int(key), "reason": reason})
+                        else:
+                            raise DatasetError(f"{self.rec_path}: key {key}: {reason} (pass --skip-corrupt "
+                                               "to leave such images out)")
+                    copied += sum(lengths[lo:hi])
+                    if copied > _DROP_EVERY and hasattr(mm, "madvise"):
+                        mm.madvise(mmap.MADV_DONTNEED)  # keep resident memory flat
+                        copied = 0
+                    tick(hi - lo)
+            finally:
+                src.release()
+                if reader is not None:
+                    reader.close()
         return skipped
 
 
@@ -304,7 +324,8 @@ def _prepare_out(out_dir: Path, fingerprint: str, settings: dict, resume: bool, 
             except ValueError:
                 continue
             shard = out_dir / info.get("file", "")
-            if shard.is_file() and shard.stat().st_size == info.get("bytes") and (info.get("verified") or not verify):
+            if (shard.is_file() and shard.stat().st_size == info.get("bytes") and (info.get("verified") or not verify)
+                    and tfrecord.file_sha256(shard) == info.get("sha256")):  # shards are not fsynced: check
                 reusable[info["file"]] = info
     else:  # start over: remove only what a conversion writes
         for path in [*out_dir.glob("train-*.tfrecord"), *out_dir.glob(".train-*.tfrecord.json"), manifest_path]:

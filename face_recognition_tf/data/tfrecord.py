@@ -44,6 +44,8 @@ def shard_name(index: int, count: int) -> str:
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -52,34 +54,47 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _vlen(n: int) -> int:
+    """Bytes in the varint of n >= 0."""
+    return (n.bit_length() + 6) // 7 or 1
+
+
 _LABEL_ENTRY_HEAD = b"\x0a\x05label\x12"  # map entry: key (field 1) "label", value (field 2)
 _IMAGE_ENTRY_HEAD = b"\x0a\x09image_raw\x12"
+_IMAGE_HEAD_LEN = len(_IMAGE_ENTRY_HEAD)
 
 
-def example_prefix(label: int, image_len: int) -> bytes:
-    """Serialized Example{label: int64, image_raw: bytes} up to (not including) the image bytes.
-
-    Example.features (1) -> Features.feature map entries (1): {"label": Feature.int64_list (3) with
-    one packed value}, then {"image_raw": Feature.bytes_list (1) -> BytesList.value (1)}.  The image
-    entry comes last so the JPEG is the record's tail and never needs copying into a temporary.
-    """
+def label_entry(label: int) -> bytes:
+    """The Features map entry {"label": Feature.int64_list (3) with one packed value}, tagged."""
     if label < 0:
         raise ValueError(f"label {label} is negative")
     lv = _varint(label)
     int64_list = b"\x0a" + _varint(len(lv)) + lv
     feature = b"\x1a" + _varint(len(int64_list)) + int64_list
-    label_entry = _LABEL_ENTRY_HEAD + _varint(len(feature)) + feature
-    bytes_list_len = 1 + len(_varint(image_len)) + image_len
-    feature_len = 1 + len(_varint(bytes_list_len)) + bytes_list_len
-    image_entry_len = len(_IMAGE_ENTRY_HEAD) + len(_varint(feature_len)) + feature_len
-    features_len = (1 + len(_varint(len(label_entry))) + len(label_entry)
-                    + 1 + len(_varint(image_entry_len)) + image_entry_len)
-    return b"".join((
-        b"\x0a", _varint(features_len),
-        b"\x0a", _varint(len(label_entry)), label_entry,
-        b"\x0a", _varint(image_entry_len), _IMAGE_ENTRY_HEAD, _varint(feature_len),
-        b"\x0a", _varint(bytes_list_len), b"\x0a", _varint(image_len),
-    ))
+    entry = _LABEL_ENTRY_HEAD + _varint(len(feature)) + feature
+    return b"\x0a" + _varint(len(entry)) + entry
+
+
+def example_prefix(label: int, image_len: int, entry: bytes | None = None) -> bytes:
+    """Serialized Example{label: int64, image_raw: bytes} up to (not including) the image bytes.
+
+    Example.features (1) -> Features.feature map entries (1): {"label": ...}, then {"image_raw":
+    Feature.bytes_list (1) -> BytesList.value (1)}.  The image entry comes last so the JPEG is the
+    record's tail and never needs copying into a temporary.  `entry` = label_entry(label), cached.
+    """
+    if entry is None:
+        entry = label_entry(label)
+    if 128 <= image_len and len(entry) + image_len + 23 < 16384:  # the usual JPEG: every varint 2 bytes
+        b, f, i, t = image_len + 3, image_len + 6, image_len + 20, len(entry) + image_len + 23
+        return b"".join((bytes((10, t & 127 | 128, t >> 7)), entry, bytes((10, i & 127 | 128, i >> 7)),
+                         _IMAGE_ENTRY_HEAD, bytes((f & 127 | 128, f >> 7, 10, b & 127 | 128, b >> 7, 10,
+                                                   image_len & 127 | 128, image_len >> 7))))
+    bytes_list_len = 1 + _vlen(image_len) + image_len
+    feature_len = 1 + _vlen(bytes_list_len) + bytes_list_len
+    image_entry_len = _IMAGE_HEAD_LEN + _vlen(feature_len) + feature_len
+    features_len = len(entry) + 1 + _vlen(image_entry_len) + image_entry_len
+    return b"".join((b"\x0a", _varint(features_len), entry, b"\x0a", _varint(image_entry_len), _IMAGE_ENTRY_HEAD,
+                     _varint(feature_len), b"\x0a", _varint(bytes_list_len), b"\x0a", _varint(image_len)))
 
 
 def serialize_example(image: bytes, label: int) -> bytes:
@@ -244,56 +259,65 @@ def masked_crc(crc: int) -> int:
 class ShardWriter:
     """Appends Examples to one TFRecord file through a large buffer, hashing what it writes.
 
-    `add(label, image=...)` takes the JPEG bytes; `add(label, fd=..., offset=..., length=...)` reads
-    them from a file straight into the output buffer (no intermediate copy).  Write to a temporary
-    name and rename after `close()`: this class does not decide when a shard is finished.
+    `add(label, image)` takes the JPEG as bytes, or as a slice of a larger buffer (`image=mv,
+    start=..., length=...`, e.g. a memoryview of the memory-mapped .rec) which is then copied once,
+    straight into the output buffer.  Write to a temporary name and rename after `close()`: this
+    class does not decide when a shard is finished.  No fsync per shard (the converter checks
+    kept shards' sha256 when it resumes instead), so writing costs what the page cache costs.
     """
 
-    def __init__(self, path, buffer_size: int = 4 << 20, crc=None):
+    def __init__(self, path, buffer_size: int = 4 << 20, crc=None, fsync: bool = False):
         self.path = Path(path)
         self.records = 0
         self.bytes = 0
+        self._fsync = fsync
         self._sha = hashlib.sha256()
+        self._entries: dict[int, bytes] = {}  # label -> serialized label entry
         self._crc = crc if crc is not None else find_crc32c()
+        self._tf = None
+        self._f = None
         if self._crc is None:
             import tensorflow as tf
 
             self._tf = tf.io.TFRecordWriter(str(self.path))
-            self._f = None
             return
-        self._tf = None
         self._f = open(self.path, "wb", buffering=0)
         self._buf = bytearray(buffer_size)
+        self._size = buffer_size
         self._pos = 0
+        self._crc_fn = self._crc.crc
+        self._heads: dict[int, bytes] = {}
 
-    def add(self, label: int, image=None, *, fd: int | None = None, offset: int = 0, length: int | None = None):
-        n = len(image) if image is not None else int(length)
-        prefix = example_prefix(int(label), n)
+    def add(self, label: int, image, start: int = 0, length: int | None = None):
+        """Append one Example; the hot loop of conversion, so written for few Python operations."""
+        n = len(image) - start if length is None else length
+        entry = self._entries.get(label)
+        if entry is None:
+            entry = self._entries[label] = label_entry(int(label))
+        prefix = example_prefix(label, n, entry)
         data_len = len(prefix) + n
         if self._tf is not None:
-            if image is None:
-                image = _pread_exact(fd, n, offset, self.path)
-            self._tf.write(prefix + bytes(image))
+            self._tf.write(prefix + bytes(image[start : start + n]))
             self.records += 1
             return
         total = 16 + data_len
-        if self._pos + total > len(self._buf):
+        if self._pos + total > self._size:
             self._flush()
         buf, p = self._buf, self._pos
-        if total > len(buf):  # a record bigger than the buffer gets its own
+        if total > self._size:  # a record bigger than the buffer gets its own
             buf, p = bytearray(total), 0
-        struct.pack_into("<Q", buf, p, data_len)
-        struct.pack_into("<I", buf, p + 8, masked_crc(self._crc.crc(buf, p, p + 8)))
+        head = self._heads.get(data_len)  # length + its masked CRC: sizes repeat, so cache them
+        if head is None:
+            head = struct.pack("<Q", data_len)
+            head += struct.pack("<I", masked_crc(self._crc_fn(bytearray(head), 0, 8)))
+            self._heads[data_len] = head
         d = p + 12
         e = d + len(prefix)
+        buf[p:d] = head
         buf[d:e] = prefix
-        if image is not None:
-            buf[e : e + n] = image
-        else:
-            got = os.preadv(fd, [memoryview(buf)[e : e + n]], offset)
-            if got != n:
-                raise DatasetError(f"short read: {got} of {n} bytes at offset {offset} (source changed?)")
-        struct.pack_into("<I", buf, e + n, masked_crc(self._crc.crc(buf, d, e + n)))
+        buf[e : e + n] = image[start : start + n]
+        crc = self._crc_fn(buf, d, e + n)
+        struct.pack_into("<I", buf, e + n, (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
         self.records += 1
         if buf is self._buf:
             self._pos = p + total
@@ -302,6 +326,7 @@ class ShardWriter:
 
     def _write(self, mv):
         self._sha.update(mv)
+        self.bytes += len(mv)
         while mv:
             n = self._f.write(mv)
             mv = mv[n:]
@@ -312,21 +337,22 @@ class ShardWriter:
             self._pos = 0
 
     def close(self) -> dict:
-        """Flush, fsync and close; returns {records, bytes, sha256}."""
+        """Flush and close; returns {records, bytes, sha256}."""
         if self._tf is not None:
             self._tf.close()
             self._tf = None
-            self.bytes = self.path.stat().st_size
             self._sha = hashlib.sha256()
+            self.bytes = 0
             with open(self.path, "rb") as f:
                 for block in iter(lambda: f.read(4 << 20), b""):
                     self._sha.update(block)
+                    self.bytes += len(block)
         elif self._f is not None:
             self._flush()
-            os.fsync(self._f.fileno())
+            if self._fsync:
+                os.fsync(self._f.fileno())
             self._f.close()
             self._f = None
-            self.bytes = self.path.stat().st_size
         return {"records": self.records, "bytes": self.bytes, "sha256": self._sha.hexdigest()}
 
     def abort(self):
@@ -338,11 +364,12 @@ class ShardWriter:
             self._f = None
 
 
-def _pread_exact(fd, n, offset, where):
-    data = os.pread(fd, n, offset)
-    if len(data) != n:
-        raise DatasetError(f"{where}: short read: {len(data)} of {n} bytes at offset {offset} (source changed?)")
-    return data
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(4 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def iter_tfrecord(path, check_crc: bool = True):
