@@ -5,13 +5,17 @@ run (machines differ; ratios travel better than absolute numbers).  The step tim
 trainer pays for the backbone: ``model(x, training=True)`` under a GradientTape plus the gradients
 of every trainable variable (no head, no optimizer update), in one ``tf.function``.
 
-CPU (the default; a few minutes on 2 cores):
+CPU (the default):
     python benchmarks/bench_models.py
+  On a CPU without bf16 units (AVX2 only, like the 2-core machine this was written on),
+  mixed_bfloat16 without XLA is emulated and ~15x slower than float32: r50 alone then takes ~3 min
+  per step at batch 16; leave it out with ``--skip r50:mixed_bfloat16:off``.
 GPU:
     python benchmarks/bench_models.py --device /gpu:0 --batch 128 \
         --policies float32,mixed_float16,mixed_bfloat16 --steps 20 --warmup 3
 
-``--out FILE.json`` also writes the rows (atomically).
+``--out FILE.json`` also writes the rows (atomically, after every row, so a stopped run keeps
+what it measured).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ def parse_args(argv=None):
     parser.add_argument("--policies", default="float32,mixed_bfloat16",
                         help="comma-separated Keras dtype policies")
     parser.add_argument("--xla", default="off,on", help="comma-separated: off, on")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated MODEL:POLICY[:on|off] combinations to leave out "
+                             "(e.g. r50:mixed_bfloat16 on a CPU without bf16 units)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps (include XLA compile)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--embedding-size", type=int, default=512)
@@ -94,7 +101,13 @@ def main(argv=None):
     models = [m for m in args.models.split(",") if m]
     policies = [p for p in args.policies.split(",") if p]
     xlas = [{"off": False, "on": True}[x] for x in args.xla.split(",") if x]
-    configs = [(m, p, x) for m in models for p in policies for x in xlas]
+    skips = [tuple(item.split(":")) for item in args.skip.split(",") if item]
+
+    def skipped(model, policy, xla):
+        return any(s[:2] == (model, policy) and (len(s) == 2 or s[2] == ("on" if xla else "off"))
+                   for s in skips)
+
+    configs = [(m, p, x) for m in models for p in policies for x in xlas if not skipped(m, p, x)]
     # Measure the reference first so every ratio in the table shares it.
     if REFERENCE in configs:
         configs.remove(REFERENCE)
@@ -121,18 +134,22 @@ def main(argv=None):
             shown = f"{value:9.2f} img/s  x{row['ratio_vs_reference']:.2f}" if value else row["error"]
             print(f"{name:14s} {policy:15s} xla={'on ' if xla else 'off'} {shown}"
                   + (f"  (warm-up {row['warmup_s']:.1f} s)" if value else ""), flush=True)
-
-    if args.out:
-        payload = {"reference": dict(zip(("model", "policy", "xla"), configs[0])),
-                   "device": device, "tensorflow": tf.__version__, "rows": rows,
-                   "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])}
-        directory = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2)
-        os.replace(tmp, args.out)
+            if args.out:
+                write_json(args.out, {
+                    "reference": dict(zip(("model", "policy", "xla"), configs[0])),
+                    "device": device, "tensorflow": tf.__version__, "rows": rows,
+                    "command": " ".join(["python", "benchmarks/bench_models.py"] + sys.argv[1:]),
+                })
     return 0
+
+
+def write_json(path, payload):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

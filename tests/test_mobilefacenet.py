@@ -105,6 +105,7 @@ def test_grouped_conv_equals_keras_grouped_conv(cin, cout, groups, stride, paddi
         y_ours, y_ref = ours(x), reference(x)
         loss_ours, loss_ref = tf.reduce_sum(y_ours**2), tf.reduce_sum(y_ref**2)
     assert tuple(ours.compute_output_shape(x.shape)) == tuple(y_ref.shape)
+    np.testing.assert_allclose(tf.function(ours, jit_compile=True)(x).numpy(), y_ref.numpy(), atol=1e-5)
     np.testing.assert_allclose(y_ours.numpy(), y_ref.numpy(), atol=1e-5)
     for a, b in zip(tape.gradient(loss_ours, [x, ours.kernel]), tape.gradient(loss_ref, [x, reference.kernel])):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
