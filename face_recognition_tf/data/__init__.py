@@ -8,3 +8,12 @@ from face_recognition_tf.data.tfrecord import read_manifest
 from face_recognition_tf.data.verification_bin import find_bins, load_bin, save_bin
 
 __all__ = ["find_bins", "load_bin", "read_manifest", "save_bin"]
+
+
+def __getattr__(name):
+    # The tf.data entry points import TensorFlow, so they load on first use only.
+    if name in ("build_train_dataset", "decode_image", "normalize_images"):
+        from face_recognition_tf.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'face_recognition_tf.data' has no attribute {name!r}")

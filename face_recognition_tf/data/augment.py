@@ -51,10 +51,18 @@ def _uniform(seed, i, shape, lo=0.0, hi=1.0):
 
 
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, options: dict) -> tf.Tensor:
-    """images float32 (B, H, W, 3) in [0, 255]; seed int64 (2,) unique per batch."""
+    """uint8 (B, H, W, 3) batch -> augmented float32 model input, (x - 127.5) / 128.
+
+    seed: int64 (2,), unique per batch.  The flip runs on the uint8 batch (a quarter of the bytes
+    of float32); photometric and geometric changes, when enabled, run in float.
+    """
     b = tf.shape(images)[0]
     h, w = images.shape[1], images.shape[2]
     per_image = tf.stack([b, 1, 1, 1])
+    if options["flip"]:
+        pick = _uniform(seed, 0, per_image) < 0.5
+        images = tf.where(pick, tf.reverse(images, axis=[2]), images)
+    images = tf.cast(images, tf.float32)
 
     if options["rotation"] > 0 or options["crop"] > 0:
         angle = _uniform(seed, 1, [b], -1.0, 1.0) * (options["rotation"] * math.pi / 180.0)
@@ -95,10 +103,6 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, options: dict) -> tf.Tenso
         pick = _uniform(seed, 8, per_image) < options["blur"]
         images = tf.where(pick, blurred, images)
 
-    if options["flip"]:
-        pick = _uniform(seed, 0, per_image) < 0.5
-        images = tf.where(pick, tf.reverse(images, axis=[2]), images)
-
     if options["color_jitter"] > 0 or options["rotation"] > 0 or options["crop"] > 0:
         images = tf.clip_by_value(images, 0.0, 255.0)
-    return images
+    return images * (1.0 / 128.0) - (127.5 / 128.0)  # == (x - 127.5) / 128 exactly for 8-bit x

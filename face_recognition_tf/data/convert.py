@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from face_recognition_tf.data import tfrecord
-from face_recognition_tf.data.recordio import HEADER_SIZE, RecordIOReader
+from face_recognition_tf.data.recordio import RecordIOReader
+from face_recognition_tf.data.verification_bin import find_bins
 from face_recognition_tf.errors import DatasetError
 
 STATE_NAME = ".frtf-convert.json"
@@ -410,7 +411,8 @@ def run_conversion(source, rows: dict, info: dict, src_dir: Path, out_dir, *, nu
             stale.unlink(missing_ok=True)
     shards = [done[tfrecord.shard_name(s, num_shards)] for s in range(num_shards)]
     skipped = sorted((x for sh in shards for x in sh["skipped"]), key=lambda x: str(x["key"]))
-    pair_sets = _copy_pair_sets(src_dir, out_dir)
+    _copy_pair_sets(src_dir, out_dir)
+    pair_sets = list(find_bins(out_dir))
     labels = rows["labels"]
     counts = np.bincount(labels, minlength=info["num_classes"])
     manifest = {
