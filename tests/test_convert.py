@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from face_recognition_tf.data import convert, find_bins, read_manifest, save_bin, tfrecord
+from face_recognition_tf.data import convert, find_bins, read_manifest, save_bin, shard_writing, tfrecord
 from face_recognition_tf.data.rec_layout import write_rec_dataset
 from face_recognition_tf.data.recordio import MAGIC, IRHeader, RecordIOWriter, pack
 from face_recognition_tf.errors import DatasetError
@@ -233,7 +233,7 @@ def test_resume_keeps_finished_shards(tmp_path, items, monkeypatch):
     write_rec_dataset(src, items)
     ref = convert.convert_recordio(src, tmp_path / "ref", num_shards=4, progress=False)
     out = tmp_path / "out"
-    real = convert._write_shard
+    real = shard_writing._write_shard
     calls = []
 
     def interrupted(task):
@@ -242,10 +242,10 @@ def test_resume_keeps_finished_shards(tmp_path, items, monkeypatch):
         calls.append(task[2])
         return real(task)
 
-    monkeypatch.setattr(convert, "_write_shard", interrupted)
+    monkeypatch.setattr(shard_writing, "_write_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert.convert_recordio(src, out, num_shards=4, workers=1, progress=False)
-    monkeypatch.setattr(convert, "_write_shard", real)
+    monkeypatch.setattr(shard_writing, "_write_shard", real)
     finished = sorted(out.glob("train-*.tfrecord"))
     assert [p.name for p in finished] == [Path(c).name for c in calls] and not (out / "manifest.json").exists()
     (out / ".train-00002-of-00004.tfrecord.partial").write_bytes(b"half a shard")  # as a kill would leave
@@ -253,7 +253,7 @@ def test_resume_keeps_finished_shards(tmp_path, items, monkeypatch):
     with pytest.raises(DatasetError, match="interrupted conversion used .*num_shards=4"):
         convert.convert_recordio(src, out, num_shards=3, resume=True, progress=False)
     written = []
-    monkeypatch.setattr(convert, "_write_shard", lambda task: written.append(Path(task[2]).name) or real(task))
+    monkeypatch.setattr(shard_writing, "_write_shard", lambda task: written.append(Path(task[2]).name) or real(task))
     m = convert.convert_recordio(src, out, num_shards=4, workers=1, resume=True, progress=False)
     assert written == ["train-00002-of-00004.tfrecord", "train-00003-of-00004.tfrecord"]
     assert {p: (out / p).stat().st_ino for p in stamps} == {p: s[0] for p, s in stamps.items()}
