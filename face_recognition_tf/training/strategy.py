@@ -134,7 +134,13 @@ def make_strategy(
             compute_devices=list(compute), parameter_device="/cpu:0"
         )
     else:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+            raise ConfigError(
+                "--strategy multi_worker must be created before TensorFlow runs anything in the process "
+                f"({exc}); call make_strategy('multi_worker') first"
+            ) from None
         compute = tuple(strategy.extended.worker_devices)
     chief, worker_index, workers = _chief_of(strategy, name)
     return StrategyInfo(
@@ -160,3 +166,21 @@ def _chief_of(strategy, name: str) -> tuple[bool, int, int]:
         return True, 0, max(workers, 1)
     index = task_id + (1 if "chief" in spec else 0)
     return task_type == "worker" and index == 0, index, max(workers, 1)
+
+
+def gather_from_workers(info: StrategyInfo, value: int) -> list[int]:
+    """`value` as seen by every worker, in worker order (one entry per worker).
+
+    A collective: every worker must call it at the same point, or the others wait for it.  Used to
+    check that all workers agree on something (e.g. the checkpoint they resume from) before their
+    step counts could drift apart, which would leave one of them waiting in an all-reduce forever.
+    """
+    if info.name != "multi_worker" or info.num_workers <= 1:
+        return [int(value)]
+    import tensorflow as tf
+
+    strategy = info.strategy
+    values = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant([int(value)], tf.int64))
+    per_replica = [int(v) for v in strategy.gather(values, axis=0).numpy()]
+    per_worker = max(1, len(per_replica) // info.num_workers)  # replicas are ordered by worker
+    return per_replica[::per_worker]
