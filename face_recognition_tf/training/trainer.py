@@ -18,17 +18,19 @@ Semantics that must not depend on the strategy:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
 from face_recognition_tf.config import backbone_kwargs, head_kwargs, save_config
-from face_recognition_tf.errors import ConfigError, FaceRecognitionError
+from face_recognition_tf.errors import CheckpointError, ConfigError, FaceRecognitionError
 from face_recognition_tf.training import checkpoints as ck
 from face_recognition_tf.training.optim import (
     build_optimizer,
@@ -38,11 +40,40 @@ from face_recognition_tf.training.optim import (
     scaled_lr,
 )
 from face_recognition_tf.training.schedules import build_schedule
-from face_recognition_tf.training.strategy import StrategyInfo, make_strategy
+from face_recognition_tf.training.strategy import StrategyInfo, gather_from_workers, make_strategy
+
+# what a collective op raises when another worker died or became unreachable (TF's health check)
+WORKER_LOST_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError)
 
 
 class NonFiniteLossError(FaceRecognitionError):
     """The loss or gradient became NaN/Inf; the update was not applied and nothing was saved."""
+
+
+class WorkerLostError(FaceRecognitionError):
+    """Multi-worker training: another worker stopped, so this one cannot continue; restart them all."""
+
+
+def weights_digest(*models) -> str:
+    """sha256 of every weight (trainable and statistics) in order: equal digests = identical models.
+
+    Multi-worker runs print it on each worker, so a user (and the tests) can see the copies agree.
+    """
+    digest = hashlib.sha256()
+    for model in models:
+        for weight in model.weights:
+            value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+            digest.update(f"{weight.path}:{value.dtype}:{value.shape};".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _first_meaningful_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if any(word in line.lower() for word in ("unhealthy", "aborted", "unavailable", "failed to connect")):
+            return line
+    return lines[0] if lines else type(exc).__name__
 
 
 @dataclass
@@ -317,6 +348,8 @@ class Trainer:
         self.backbone_spec = backbone_kwargs(cfg)
         self.head_spec = head_kwargs(cfg, num_classes)
         existing = ck.has_checkpoint(self.run_dir)
+        if self.info.name == "multi_worker":
+            self._check_workers_agree()
         if self.resume == "require" and not existing:
             raise FaceRecognitionError(f"{self.run_dir}: --resume given but the run folder holds no checkpoint")
         if self.resume == "never" and existing:
@@ -333,8 +366,11 @@ class Trainer:
                                         is_chief=self.info.is_chief, worker_index=self.info.worker_index)
         if existing:
             self.resumed_from = self.store.restore_latest()
-        self.validator = Validator.from_data_dir(self.data_dir, cfg.validation.sets, batch_size=cfg.validation.batch_size,
-                                                 max_pairs=cfg.validation.max_pairs)
+        # only the chief validates: evaluation runs no collective op, and the other workers' copies are
+        # identical, so they go straight on to the next step (which waits for the chief)
+        self.validator = Validator.from_data_dir(
+            self.data_dir, cfg.validation.sets, batch_size=cfg.validation.batch_size, max_pairs=cfg.validation.max_pairs
+        ) if self.info.is_chief else None
         self.best = -1.0
         best_json = self.run_dir / ck.BEST_DIR / "best.json"
         if best_json.is_file():
@@ -347,6 +383,26 @@ class Trainer:
             ck.write_json_atomic(self.run_dir / ck.BACKBONE_SPEC, self.backbone_spec)
             ck.write_json_atomic(self.run_dir / "head.json", self.head_spec)
         return self
+
+    def _check_workers_agree(self) -> None:
+        """Every worker must resume from the same checkpoint (the chief's).
+
+        Workers that start from different steps run different numbers of updates, and the first to
+        finish leaves the others waiting in an all-reduce; so refuse, on every worker alike, now.
+        """
+        listed = ck.checkpoint_paths(self.run_dir)
+        local = int(listed[0].name.rsplit("-", 1)[-1]) if listed else -1
+        try:
+            seen = gather_from_workers(self.info, local)
+        except WORKER_LOST_ERRORS as exc:
+            raise WorkerLostError(f"another worker stopped before training began ({_first_meaningful_line(exc)})") from None
+        if len(set(seen)) > 1:
+            views = ", ".join(f"worker {i}: {'ckpt-%d' % s if s >= 0 else 'no checkpoint'}" for i, s in enumerate(seen))
+            raise CheckpointError(
+                f"{self.run_dir / ck.CHECKPOINT_DIR}: the workers see different checkpoints ({views}); the run "
+                "folder (--out) must be storage every worker shares (NFS, GCS, ...) or hold the chief's checkpoints on "
+                "every machine"
+            )
 
     # ---- the loop -------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -393,6 +449,14 @@ class Trainer:
                 self._save(step, epoch, position)
             if self.validator is not None and (not scores or scores.get("step") != step):
                 scores = self._validate(writer, step)
+        except WORKER_LOST_ERRORS as exc:
+            if info.name != "multi_worker":
+                raise
+            raise WorkerLostError(
+                f"step {step}: another worker stopped or became unreachable ({_first_meaningful_line(exc)}); restart "
+                f"every worker with the same command: they resume from the newest checkpoint in "
+                f"{self.run_dir / ck.CHECKPOINT_DIR}"
+            ) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -404,6 +468,7 @@ class Trainer:
             "run_dir": str(self.run_dir), "step": step, "steps_this_run": step - first_step,
             "seconds": time.perf_counter() - started, "global_batch": step_fn.global_batch,
             "validation": scores, "best_mean": self.best, "resumed_from": str(self.resumed_from or ""),
+            "weights_sha256": weights_digest(step_fn.backbone, step_fn.head),
         }
 
     def _save(self, step: int, epoch: int, position: int) -> None:
@@ -454,7 +519,6 @@ class Trainer:
                             img_s=f"{rate:.0f}", refresh=False)
 
     def _validate(self, writer, step: int) -> dict:
-        # every worker evaluates (same weights, same result) so that all agree on saving the best model
         scores = self.validator(self.step_fn.backbone)
         with writer.as_default(step=step):
             for name, value in scores.items():
