@@ -83,8 +83,9 @@ def run(args) -> int:
     data = resolve_data(args, cfg)
 
     from face_recognition_tf.training.strategy import make_strategy
-    from face_recognition_tf.training.trainer import Trainer
 
+    # the strategy before anything else touches TensorFlow: MultiWorkerMirroredStrategy must configure
+    # the runtime (collectives, the worker's server) before it starts
     info = make_strategy(
         strategy_name,
         devices=_int_list(args.devices, "--devices"),
@@ -92,6 +93,8 @@ def run(args) -> int:
         worker_hosts=[h.strip() for h in args.worker_hosts.split(",")] if args.worker_hosts else None,
         task_index=args.task_index,
     )
+    from face_recognition_tf.training.trainer import Trainer
+
     trainer = Trainer(cfg, info, data_dir=data, run_dir=out, max_steps=args.max_steps,
                       resume="require" if args.resume else "auto", progress=False if args.no_progress else None)
     trainer.prepare()
@@ -105,5 +108,10 @@ def run(args) -> int:
         val = summary["validation"]
         val_text = ", ".join(f"{k} {v:.4f}" for k, v in val.items() if k != "step") if val else "no pair sets found"
         print(f"frtf train: step {summary['step']} ({summary['steps_this_run']} this run, {summary['seconds']:.0f} s); "
-              f"validation: {val_text}; final model {out / 'embedding.keras'}", flush=True)
+              f"validation: {val_text}; final model {out / 'embedding.keras'}; weights sha256 "
+              f"{summary['weights_sha256'][:16]}", flush=True)
+    else:
+        # the chief writes the run folder; a worker reports its copy's digest, which must equal the chief's
+        print(f"frtf train: worker {info.worker_index} of {info.num_workers} stopped at step {summary['step']} "
+              f"({summary['steps_this_run']} this run); weights sha256 {summary['weights_sha256'][:16]}", flush=True)
     return 0
