@@ -177,8 +177,8 @@ def test_softmax_is_a_plain_dense_layer():
     head.bias.assign([0.1, -0.2, 0.3])
     emb = np.random.default_rng(2).normal(size=(5, EMB)).astype(np.float32)
     expected = emb @ head.kernel.numpy() + head.bias.numpy()
-    np.testing.assert_allclose(head(emb, np.zeros(5, np.int32)).numpy(), expected, rtol=1e-5)
-    np.testing.assert_allclose(head.class_logits(emb).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(head(emb, np.zeros(5, np.int32)).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.class_logits(emb).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", head_names())
