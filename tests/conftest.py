@@ -18,3 +18,22 @@ def pytest_configure(config):
         tf.config.set_logical_device_configuration(
             cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
         )
+
+    _give_each_mirrored_strategy_its_own_collective_keys()
+
+
+def _give_each_mirrored_strategy_its_own_collective_keys():
+    """Every MirroredStrategy numbers its collectives from the same start, so a second one in the same
+    process reuses the first one's keys and TF aborts with "Shape mismatch in the collective instance".
+    TensorFlow's own tests move `_collective_key_base` on by 100000 per strategy; we do the same for
+    every strategy a test builds, directly or through make_strategy."""
+    from tensorflow.python.distribute import mirrored_strategy
+
+    strategy_class = mirrored_strategy.MirroredStrategy
+    original_init = strategy_class.__init__
+
+    def init(self, *args, **kwargs):
+        strategy_class._collective_key_base += 100000
+        original_init(self, *args, **kwargs)
+
+    strategy_class.__init__ = init

@@ -127,6 +127,9 @@ def make_strategy(
         compute = tuple(_compute_devices(None)[:1])
     elif name == "mirrored":
         compute = tuple(_compute_devices(cpu_replicas))
+        # A second MirroredStrategy in one process (train, then fine-tune in a notebook) would reuse the
+        # first one's collective keys and abort; TF's own tests move the key base on like this.
+        tf.distribute.MirroredStrategy._collective_key_base += 100000
         strategy = tf.distribute.MirroredStrategy(devices=list(compute))
     elif name == "central_storage":
         compute = tuple(_compute_devices(cpu_replicas))
