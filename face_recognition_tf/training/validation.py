@@ -30,6 +30,7 @@ class Validator:
                 images, issame = images[idx], np.asarray(issame)[keep]
             self.pair_sets[name] = (images, np.asarray(issame, dtype=bool))
         self.batch_size = int(batch_size)
+        self._embedder = None  # traced once per model, reused every validation
 
     @classmethod
     def from_data_dir(cls, data_dir, names, *, batch_size: int = 64, max_pairs: int = 0):
@@ -48,8 +49,13 @@ class Validator:
     def __call__(self, model) -> dict[str, float]:
         """{set name: mean 10-fold accuracy} plus 'mean' over the sets."""
         from face_recognition_tf.evaluation import evaluate_model
+        from face_recognition_tf.evaluation.embed import Embedder
 
-        results = evaluate_model(model, self.pair_sets, batch_size=self.batch_size)
+        # Training validates the same backbone every V steps: keep its traced embedding function
+        # (the weights are variables, so the trace sees every update) instead of re-tracing each time.
+        if self._embedder is None or self._embedder.model is not model:
+            self._embedder = Embedder(model)
+        results = evaluate_model(self._embedder, self.pair_sets, batch_size=self.batch_size)
         scores = {name: float(result.accuracy_mean) for name, result in results.items()}
         scores["mean"] = float(np.mean(list(scores.values()))) if scores else 0.0
         return scores
