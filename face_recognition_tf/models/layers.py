@@ -128,6 +128,35 @@ class GroupedConv2D(keras.layers.Layer):
         }
 
 
+@keras.saving.register_keras_serializable(package="face_recognition_tf")
+class SubsampledPointwiseConv2D(keras.layers.Conv2D):
+    """A 1x1 convolution with stride s, computed as "take every s-th pixel, then a 1x1 conv".
+
+    Why: oneDNN's CPU kernel for the *weight gradient* of a strided 1x1 convolution (``jit_1x1``
+    backward_weights, used by TensorFlow's ``Conv2DBackpropFilter``) corrupts the heap when the layer
+    has fewer than 16 input channels and a large enough image: a narrow IR-ResNet's downsample
+    shortcut (8 channels at 56x56, width 0.125) crashed training with SIGSEGV / "munmap_chunk():
+    invalid pointer" (docs/known-issues.md has the one-op reproducer).  Sampling first is the same
+    operator (a 1x1 kernel with "valid" padding only ever reads those pixels), so weights, outputs
+    and gradients are unchanged, and the crashing kernel is never called.  The subsample is a
+    strided slice, a small copy next to the convolution, on every device, so a model behaves and
+    exports the same wherever it was built.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if tuple(self.kernel_size) != (1, 1) or self.padding != "valid" or self.data_format != "channels_last":
+            raise ValueError("SubsampledPointwiseConv2D is a 1x1, 'valid', channels-last convolution")
+        if tuple(self.dilation_rate) != (1, 1):
+            raise ValueError("SubsampledPointwiseConv2D does not dilate")
+
+    def convolution_op(self, inputs, kernel):
+        sh, sw = self.strides
+        if (sh, sw) != (1, 1):
+            inputs = inputs[:, ::sh, ::sw, :]
+        return keras.ops.conv(inputs, kernel, strides=1, padding="valid", data_format=self.data_format)
+
+
 def conv(
     x,
     filters: int,
@@ -163,7 +192,10 @@ def conv(
             kernel_regularizer=l2(weight_decay),
             name=name,
         )(x)
-    return keras.layers.Conv2D(
+    # strided 1x1 convolutions (the IR-ResNet downsample shortcut) avoid a crashing oneDNN kernel
+    pointwise_strided = kernel_size == 1 and stride > 1 and mode == "valid"
+    layer_class = SubsampledPointwiseConv2D if pointwise_strided else keras.layers.Conv2D
+    return layer_class(
         filters,
         kernel_size,
         strides=stride,
