@@ -20,3 +20,7 @@ class ConfigError(FaceRecognitionError):
 
 class CheckpointError(FaceRecognitionError):
     """A checkpoint or saved model is missing, corrupt or belongs to another architecture."""
+
+
+class OutputError(FaceRecognitionError, OSError):
+    """An output cannot be written (read-only file system, a file where a folder must go, ...)."""

@@ -37,3 +37,31 @@ def _give_each_mirrored_strategy_its_own_collective_keys():
         original_init(self, *args, **kwargs)
 
     strategy_class.__init__ = init
+
+
+import contextlib
+import subprocess
+
+import pytest
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nothing can be written into: a read-only tmpfs mount when running as root (root ignores
+    permission bits, and CI runs as root), else a folder with its write bits removed."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        with contextlib.suppress(Exception):
+            subprocess.run(["umount", str(folder)], check=False, capture_output=True)
