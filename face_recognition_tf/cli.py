@@ -28,6 +28,9 @@ COMMANDS = {
     "identify": ("face_recognition_tf.inference_cli", "find who is in a photo among a gallery of known people"),
     "export": ("face_recognition_tf.export", "export the embedding model as SavedModel, TFLite or ONNX"),
 }
+# commands that never import TensorFlow: no need to pay for it up front
+WITHOUT_TENSORFLOW = {"convert", "sample", "make-pairs"}
+VERBOSE_FLAG = "--verbose"
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -39,12 +42,16 @@ def _top_parser() -> argparse.ArgumentParser:
         + "\n\nRun `frtf COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"face_recognition_tf {__version__}")
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help="also show TensorFlow's start-up messages (may be given anywhere on the line)")
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = VERBOSE_FLAG in argv
+    argv = [arg for arg in argv if arg != VERBOSE_FLAG]
     top = _top_parser()
     if not argv or argv[0].startswith("-"):
         top.parse_args(argv or ["--help"])  # prints help/version and exits
@@ -57,15 +64,30 @@ def main(argv: list[str] | None = None) -> int:
     module.configure_parser(parser)  # a module serving several commands reads parser.prog
     args = parser.parse_args(argv[1:])
     args.command = name
+    args.verbose = verbose
+    if not verbose and name not in WITHOUT_TENSORFLOW:
+        from face_recognition_tf.quiet_startup import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     try:
         return int(module.run(args) or 0)
     except FaceRecognitionError as exc:
-        print(f"frtf {name}: error: {exc}", file=sys.stderr)
+        print(f"frtf {name}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # the environment said no (disk full, read-only, permission): one line naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"frtf {name}: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"frtf {name}: interrupted", file=sys.stderr)
         return 130
 
+
+def _one_line(exc: BaseException) -> str:
+    """The promise is one line: a message that spans several keeps its first, the rest is detail."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 if __name__ == "__main__":
     sys.exit(main())
