@@ -100,8 +100,13 @@ def test_sigkill_then_resume_continues_step_lr_and_coefficient(data, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming {listed[0]}" in result.stdout
 
-    resumed = [r for r in _records(run) if r.get("event") == "train"][len(killed_records):]
-    assert [r["step"] for r in resumed] == [saved_step + 1, saved_step + 2, saved_step + 3]
+    # the steps the killed run logged after its checkpoint are redone, and logged once
+    train_steps = [r["step"] for r in _records(run) if r.get("event") == "train"]
+    assert train_steps == sorted(set(train_steps)), train_steps
+    assert train_steps[-3:] == [saved_step + 1, saved_step + 2, saved_step + 3]
+    resumed = [r for r in _records(run) if r.get("event") == "train"][-3:]
+    for line in (run / ck.HISTORY).read_text().splitlines():  # a line the kill cut short is gone too
+        json.loads(line)
     cfg = load_config(run / "config.yaml")
     schedule = build_schedule(cfg.train.schedule, cfg.train.lr, cfg.train.max_steps)
     for r in resumed:  # the lr logged after update k is the schedule at k (optimizer iterations)
@@ -115,3 +120,39 @@ def test_sigkill_then_resume_continues_step_lr_and_coefficient(data, tmp_path):
     assert int(_value(final, "step")) == saved_step + 3
     assert int(final.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")) == saved_step + 3
     assert np.isfinite(float(_value(final, "reg_coef")))
+
+
+def _train_in(cwd, data, out, max_steps):
+    command = [sys.executable, "-m", "face_recognition_tf", "train", "--config", "quickstart", "--data", str(data),
+               "--out", out, "--no-progress", "--max-steps", str(max_steps), *OVERRIDES]
+    return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=400)
+
+
+def test_resume_with_relative_out_and_after_moving_the_run(data, tmp_path):
+    """The default --out (output/<config>) is relative: resuming it failed with a doubled path
+    (runs/x/checkpoints/runs/x/checkpoints/ckpt-5).  A run folder moved elsewhere resumes too."""
+    first = _train_in(tmp_path, data, "runs/qs", 3)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = _train_in(tmp_path, data, "runs/qs", 5)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming runs/qs/checkpoints/ckpt-3" in second.stdout
+    listed = ck.checkpoint_paths(tmp_path / "runs" / "qs")
+    assert listed[0] == tmp_path / "runs" / "qs" / "checkpoints" / "ckpt-5"
+
+    (tmp_path / "moved").mkdir()
+    os.replace(tmp_path / "runs" / "qs", tmp_path / "moved" / "qs")
+    third = _train_in(tmp_path / "moved", data, "qs", 6)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "resuming qs/checkpoints/ckpt-5" in third.stdout
+    steps = [r["step"] for r in _records(tmp_path / "moved" / "qs") if r.get("event") == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def test_rewind_history_drops_redone_steps_and_cut_lines(tmp_path):
+    lines = [{"event": "train", "step": s} for s in range(1, 8)] + [{"event": "validation", "step": 4, "mean": 0.5}]
+    text = "".join(json.dumps(r) + "\n" for r in lines) + '{"event": "train", "st'
+    (tmp_path / ck.HISTORY).write_text(text)
+    assert ck.rewind_history(tmp_path, 4) == 4  # steps 5, 6, 7 and the cut line
+    kept = [json.loads(line) for line in (tmp_path / ck.HISTORY).read_text().splitlines()]
+    assert [r["step"] for r in kept] == [1, 2, 3, 4, 4]
+    assert ck.rewind_history(tmp_path, 4) == 0

@@ -26,7 +26,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from face_recognition_tf.errors import CheckpointError, ConfigError
+from face_recognition_tf import atomic
+from face_recognition_tf.errors import CheckpointError, ConfigError, OutputError
 
 CONFIG_FILE = "config.yaml"
 BACKBONE_SPEC = "backbone.json"
@@ -37,22 +38,20 @@ HISTORY = "history.jsonl"
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, obj)
 
 
 def save_keras_atomic(model, path: Path) -> None:
     """Save a Keras model under a temporary `.keras` name, then rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = atomic.make_parent(path)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    try:
+        model.save(tmp)
+        os.chmod(tmp, atomic.file_mode())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(atomic.describe_os_error(path, exc)) from None
 
 
 def append_history(run_dir: Path, record: dict) -> None:
@@ -60,18 +59,40 @@ def append_history(run_dir: Path, record: dict) -> None:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def repair_history(run_dir: Path) -> None:
-    """A process killed mid-write leaves a partial last line; start the resumed run on a fresh one."""
+def rewind_history(run_dir: Path, step: int) -> int:
+    """Keep the history of updates up to `step` (where a resumed run starts); returns lines dropped.
+
+    A run killed after its last checkpoint logged steps it will redo when resumed, and a kill can
+    cut the last line short: both go, so every step appears once and each line is whole JSON.
+    """
     path = Path(run_dir) / HISTORY
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb+") as handle:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":
-                handle.write(b"\n")
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        atomic.write_text(path, "".join(line + "\n" for line in kept))
+    return dropped
 
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """Listed checkpoint prefixes, newest first."""
+    """Listed checkpoint prefixes, newest first.
+
+    The state file names checkpoints relative to its folder (older TF versions wrote absolute
+    paths), and `tf.train.get_checkpoint_state` joins them onto the folder as given, so a relative
+    run folder came back as `runs/x/checkpoints/ckpt-5` and joining again doubled it.  Only the file
+    name of each entry is used, joined onto the folder where the state file is now: relative
+    folders work, and so does a run folder moved after training.
+    """
     import tensorflow as tf
 
     folder = Path(run_dir) / CHECKPOINT_DIR
@@ -79,7 +100,7 @@ def checkpoint_paths(run_dir: Path) -> list[Path]:
     if state is None:
         return []
     listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-    return [Path(p) if os.path.isabs(p) else folder / p for p in reversed(listed)]
+    return [folder / Path(p).name for p in reversed(listed) if p]
 
 
 def has_checkpoint(run_dir: Path) -> bool:
