@@ -78,6 +78,9 @@ class DataConfig:
     # deterministic order makes resume continue with exactly the batches an uninterrupted run would see
     deterministic: bool = True
     seed: int = 0
+    # leave out records whose JPEG does not decode (found by a scan before training, listed and counted)
+    # instead of stopping at the first one; `frtf convert --verify` or --skip-corrupt is the better fix
+    skip_corrupt: bool = False
 
 
 @dataclass

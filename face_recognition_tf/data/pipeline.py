@@ -50,12 +50,14 @@ def shard_files(data_dir) -> tuple[list[str], dict]:
 
 def build_train_dataset(data_dir, batch_size, *, augment=None, shuffle_buffer=None, seed=None,
                         deterministic=False, repeat=True, drop_remainder=True, input_context=None,
-                        num_parallel_reads=None) -> tf.data.Dataset:
+                        num_parallel_reads=None, exclude=()) -> tf.data.Dataset:
     """Batches of (float32 (B, 112, 112, 3) images, int32 (B,) labels) from a converted dataset.
 
     batch_size is per input pipeline (per replica under a distribution strategy).
     input_context: a tf.distribute.InputContext; each input pipeline reads a disjoint part (whole
     shard files when there are enough, otherwise every n-th record).
+    exclude: (shard index in the manifest, record position in the shard) pairs to leave out, e.g.
+    the corrupt records `record_check.find_corrupt_records` found.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -70,15 +72,16 @@ def build_train_dataset(data_dir, batch_size, *, augment=None, shuffle_buffer=No
     if input_context is not None:
         num_pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
     shard_by_file = num_pipelines > 1 and len(files) >= num_pipelines
+    shard_ids = list(range(len(files)))  # positions in the manifest, which exclusions refer to
     if shard_by_file:
-        files = files[pipeline_id::num_pipelines]
+        files, shard_ids = files[pipeline_id::num_pipelines], shard_ids[pipeline_id::num_pipelines]
     cycle = int(num_parallel_reads or min(len(files), 16))
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(shard_ids, tf.int64)))
     if not deterministic:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),
+        _shard_reader(exclude),
         cycle_length=max(1, min(cycle, len(files))), block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic,
     )
@@ -109,6 +112,26 @@ def build_train_dataset(data_dir, batch_size, *, augment=None, shuffle_buffer=No
     opts.deterministic = deterministic
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # done above
     return ds.with_options(opts)
+
+
+def _shard_reader(exclude):
+    """(shard file, shard index) -> its serialized records, less the excluded positions.
+
+    Without exclusions this is a plain TFRecordDataset (the hot path pays nothing); with them each
+    record's position is looked up in a hash table keyed by shard index * 2^32 + position.
+    """
+    exclude = [(int(s), int(r)) for s, r in exclude]
+    if not exclude:
+        return lambda path, shard: tf.data.TFRecordDataset(path, buffer_size=1 << 20)
+    keys = tf.constant([s * (1 << 32) + r for s, r in exclude], tf.int64)
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys)), 0)
+
+    def read(path, shard):
+        records = tf.data.TFRecordDataset(path, buffer_size=1 << 20).enumerate()
+        records = records.filter(lambda position, record: table.lookup(shard * (1 << 32) + position) == 0)
+        return records.map(lambda position, record: record)
+
+    return read
 
 
 def build_eval_images(images_uint8) -> tf.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from face_recognition_tf.config import backbone_kwargs, head_kwargs, save_config
-from face_recognition_tf.errors import CheckpointError, ConfigError, FaceRecognitionError
+from face_recognition_tf.errors import CheckpointError, ConfigError, DatasetError, FaceRecognitionError
 from face_recognition_tf.training import checkpoints as ck
 from face_recognition_tf.training.optim import (
     build_optimizer,
@@ -262,6 +263,17 @@ class TrainStep:
         )
 
 
+def _check_label_range(manifest: dict, data_dir: Path, num_classes: int) -> None:
+    """Labels must lie in [0, num_classes): refuse before training, from the manifest's label range."""
+    label_range = manifest.get("label_range")
+    if not label_range:
+        return  # older manifests: the head's label check still stops the first step, with the labels
+    low, high = int(label_range[0]), int(label_range[1])
+    if low < 0 or high >= num_classes:
+        raise DatasetError(f"{Path(data_dir) / 'manifest.json'}: labels run from {low} to {high} but num_classes is "
+                           f"{num_classes}; labels must lie in [0, {num_classes}): convert the dataset again")
+
+
 def steps_per_epoch(num_images: int, global_batch: int) -> int:
     return max(1, num_images // global_batch)
 
@@ -272,7 +284,7 @@ def augment_options(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.data.augment, resolve=True) or {}
 
 
-def make_dataset_fn(cfg: DictConfig, data_dir: Path, epoch: int, skip_micro_batches: int):
+def make_dataset_fn(cfg: DictConfig, data_dir: Path, epoch: int, skip_micro_batches: int, exclude=()):
     """Per-replica input for one epoch: a fresh shuffle seeded by the epoch, skipping what was consumed.
 
     Each epoch's dataset repeats, so a replica whose shard is shorter than the epoch never runs dry.
@@ -290,6 +302,7 @@ def make_dataset_fn(cfg: DictConfig, data_dir: Path, epoch: int, skip_micro_batc
             repeat=True,
             drop_remainder=True,
             input_context=input_context,
+            exclude=exclude,
         )
         return ds.skip(skip_micro_batches) if skip_micro_batches else ds
 
@@ -342,12 +355,16 @@ class Trainer:
         from face_recognition_tf.data.augment import resolve
 
         resolve(augment_options(cfg))  # unknown augmentation keys fail now, not at the first batch
+        _check_label_range(manifest, self.data_dir, num_classes)
         cfg.data.num_classes = num_classes
         cfg.data.dir = str(self.data_dir)
         self.num_images = int(manifest["num_images"])
         self.backbone_spec = backbone_kwargs(cfg)
         self.head_spec = head_kwargs(cfg, num_classes)
+        self.exclude = self._scan_corrupt() if cfg.data.skip_corrupt else []
         existing = ck.has_checkpoint(self.run_dir)
+        # a run folder this run creates is removed again if the data fails before the first checkpoint
+        self._new_folder = not self.run_dir.exists()
         if self.info.name == "multi_worker":
             self._check_workers_agree()
         if self.resume == "require" and not existing:
@@ -366,6 +383,7 @@ class Trainer:
                                         is_chief=self.info.is_chief, worker_index=self.info.worker_index)
         if existing:
             self.resumed_from = self.store.restore_latest()
+        self.start_step = int(step.step.numpy())
         # only the chief validates: evaluation runs no collective op, and the other workers' copies are
         # identical, so they go straight on to the next step (which waits for the chief)
         self.validator = Validator.from_data_dir(
@@ -378,11 +396,48 @@ class Trainer:
 
             self.best = float(json.loads(best_json.read_text()).get("mean", -1.0))
         if self.info.is_chief:
-            ck.repair_history(self.run_dir)
+            # the steps a resumed run redoes must not be logged twice
+            ck.rewind_history(self.run_dir, self.start_step)
             save_config(cfg, self.run_dir / ck.CONFIG_FILE)
             ck.write_json_atomic(self.run_dir / ck.BACKBONE_SPEC, self.backbone_spec)
             ck.write_json_atomic(self.run_dir / "head.json", self.head_spec)
         return self
+
+    def _scan_corrupt(self) -> list[tuple[int, int]]:
+        """data.skip_corrupt: find the records whose JPEG does not decode, say how many, leave them out."""
+        from face_recognition_tf.data.record_check import describe_records, find_corrupt_records
+
+        found = find_corrupt_records(self.data_dir, progress=bool(self.progress) and self.info.is_chief)
+        if found and self.info.is_chief:
+            tqdm_write(f"data.skip_corrupt: leaving out {len(found)} record(s) of {self.num_images} whose image "
+                       f"does not decode: {describe_records(found)}")
+        self.num_images -= len(found)
+        return [(r["shard_index"], r["record"]) for r in found]
+
+    def _data_error(self, exc: tf.errors.InvalidArgumentError) -> FaceRecognitionError | None:
+        """Turn TensorFlow's error about a bad record into a one-line error that names it."""
+        message = str(exc.message if hasattr(exc, "message") else exc)
+        if "label out of range" in message:
+            detail = next((line.strip() for line in message.splitlines() if "label out of range" in line), message)
+            detail = detail[detail.index("label out of range"):]
+            return DatasetError(f"{self.data_dir}: a training record's label is outside the dataset's "
+                                f"{self.cfg.data.num_classes} classes ({detail.rstrip('.]')}); the manifest's "
+                                "num_classes does not match the records: convert the dataset again")
+        if any(word in message for word in ("JPEG", "jpeg", "DecodeJpeg", "EnsureShape")):
+            from face_recognition_tf.data.record_check import describe_records, find_corrupt_records
+
+            tqdm_write(f"an image failed to decode; scanning {self.data_dir} for the record...")
+            found = find_corrupt_records(self.data_dir, limit=3)
+            where = describe_records(found) if found else "the scan found no bad image; " + message.splitlines()[0]
+            return DatasetError(f"{self.data_dir}: training data holds an image that does not decode: {where}. "
+                                "Convert again with `frtf convert --verify` (or --skip-corrupt), or set "
+                                "data.skip_corrupt=true to leave such records out")
+        return None  # not the data's fault: keep TensorFlow's error and its traceback
+
+    def _forget_failed_new_run(self) -> None:
+        """A run that failed on its data before any checkpoint leaves no half run folder behind."""
+        if self._new_folder and self.info.is_chief and not ck.has_checkpoint(self.run_dir):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _check_workers_agree(self) -> None:
         """Every worker must resume from the same checkpoint (the chief's).
@@ -408,6 +463,13 @@ class Trainer:
     def train(self) -> dict:
         if self.step_fn is None:
             self.prepare()
+        try:
+            return self._train()
+        except DatasetError:
+            self._forget_failed_new_run()
+            raise
+
+    def _train(self) -> dict:
         step_fn, cfg, info = self.step_fn, self.cfg, self.info
         per_epoch = steps_per_epoch(self.num_images, step_fn.global_batch)
         step = int(step_fn.step.numpy())
@@ -424,10 +486,16 @@ class Trainer:
             while step < self.stop_step:
                 epoch, position = divmod(step, per_epoch)
                 dataset = info.strategy.distribute_datasets_from_function(
-                    make_dataset_fn(cfg, self.data_dir, epoch, position * step_fn.accum))
+                    make_dataset_fn(cfg, self.data_dir, epoch, position * step_fn.accum, self.exclude))
                 iterator = iter(dataset)
                 while position < per_epoch and step < self.stop_step:
-                    result = step_fn(iterator)
+                    try:
+                        result = step_fn(iterator)
+                    except tf.errors.InvalidArgumentError as exc:
+                        data_error = self._data_error(exc)
+                        if data_error is None:
+                            raise
+                        raise data_error from None
                     step, position = step + 1, position + 1
                     window_steps += 1
                     if not result.ok:
