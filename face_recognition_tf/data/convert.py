@@ -11,6 +11,7 @@ How it stays fast, safe and resumable:
 * A shard is written under a temporary name, its record count and sha256 go to a small sidecar,
   and only then is it renamed: a file named like a shard is always complete.  `resume=True` keeps
   the finished shards of an interrupted run (same source, same settings) and writes the rest.
+  A run that fails with an error instead leaves the output folder as it was before it.
 * manifest.json is written last; the .bin pair sets are hard-linked (or copied) next to the
   shards so the output folder is self-contained.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-import os
 from pathlib import Path
 
 import numpy as np
@@ -242,12 +242,14 @@ def convert_recordio(src_dir, out_dir, *, num_shards=None, workers=None, resume=
 
     Returns the manifest.  `verify` decodes every image and fails on the first corrupt one;
     `skip_corrupt` (implies verify) leaves corrupt images out and lists them in manifest["skipped"].
+    The arguments and `out_dir` are checked before the source is read; a failed run leaves
+    `out_dir` as it was and an interrupted one can be finished with `resume=True` (see
+    shard_writing.run_conversion).
     """
     src_dir = Path(src_dir)
     if not src_dir.exists():
         raise DatasetError(f"{src_dir}: no such dataset folder")
-    source, rows, info, base = _plan_recordio(src_dir)
-    return run_conversion(source, rows, info, base, out_dir, num_shards=num_shards, workers=workers,
+    return run_conversion(lambda: _plan_recordio(src_dir), out_dir, num_shards=num_shards, workers=workers,
                           resume=resume, verify=verify, skip_corrupt=skip_corrupt, seed=seed, progress=progress)
 
 

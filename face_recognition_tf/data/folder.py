@@ -113,8 +113,16 @@ def convert_folder(src_dir, out_dir, *, num_shards=None, workers=None, resume=Fa
 
     Every image is decoded (to check its size), so `verify` is implied; `skip_corrupt` leaves
     unreadable files out and lists them in manifest["skipped"] (wrong sizes stay errors).
+    The arguments and `out_dir` are checked before the images are listed; a failed run leaves
+    `out_dir` as it was and an interrupted one can be finished with `resume=True` (see
+    shard_writing.run_conversion).
     """
     src_dir = Path(src_dir)
-    source, rows, info = _plan_folder(src_dir, image_size, resize)
-    return run_conversion(source, rows, info, src_dir, out_dir, num_shards=num_shards, workers=workers,
-                          resume=resume, verify=True, skip_corrupt=skip_corrupt, seed=seed, progress=progress)
+    if not src_dir.is_dir():
+        raise DatasetError(f"{src_dir}: no such folder of identity sub-folders")
+
+    def plan():
+        return (*_plan_folder(src_dir, image_size, resize), src_dir)
+
+    return run_conversion(plan, out_dir, num_shards=num_shards, workers=workers, resume=resume, verify=True,
+                          skip_corrupt=skip_corrupt, seed=seed, progress=progress)

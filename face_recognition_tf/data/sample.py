@@ -20,11 +20,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from face_recognition_tf.atomic import temporary_dir_beside, write_json, write_text
 from face_recognition_tf.data import synthetic_faces as faces
 from face_recognition_tf.data.rec_layout import write_rec_dataset
 from face_recognition_tf.data.verification_bin import save_bin
@@ -32,6 +32,8 @@ from face_recognition_tf.errors import DatasetError
 
 GENERATOR_VERSION = 1  # bump when the renderer changes, so cached samples are rebuilt
 CACHE_NAME = "sample-v1"
+CACHE_ENV = "FRTF_CACHE_DIR"  # moves the cache folder
+DEFAULT_CACHE = "~/.cache/face_recognition_tf"
 FOLDS = 10
 
 
@@ -129,7 +131,7 @@ def _write_sample(folder: Path, spec: SampleSpec, workers=None) -> None:
         save_bin(folder / f"{name}.bin", jpegs, issame)
     info = {"generator_version": GENERATOR_VERSION, "fingerprint": spec.fingerprint(),
             "spec": dataclasses.asdict(spec), "num_images": spec.num_identities * spec.images_per_identity}
-    (folder / "sample.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    write_text(folder / "sample.json", json.dumps(info, indent=1, default=str) + "\n")
 
 
 def make_sample_dataset(out_dir, *, num_identities=SampleSpec.num_identities,
@@ -143,11 +145,9 @@ def make_sample_dataset(out_dir, *, num_identities=SampleSpec.num_identities,
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DatasetError(f"{out_dir}: already exists and is not an empty folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temporary_dir_beside(out_dir)  # the umask's mode, a one-line OutputError if OUT cannot be written
     try:
         _write_sample(tmp, spec)
-        os.chmod(tmp, 0o755)
         if out_dir.exists():
             out_dir.rmdir()
         os.rename(tmp, out_dir)
@@ -160,8 +160,8 @@ def make_sample_dataset(out_dir, *, num_identities=SampleSpec.num_identities,
 def cache_root(cache_dir=None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    env = os.environ.get("FRTF_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "face_recognition_tf"
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(DEFAULT_CACHE).expanduser()
 
 
 def _is_current(folder: Path) -> bool:
@@ -197,11 +197,9 @@ def ensure_sample_dataset(cache_dir=None) -> Path:
     final = cache_root(cache_dir) / CACHE_NAME
     if _is_current(final):
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_NAME}.", dir=final.parent))
+    tmp = temporary_dir_beside(final)
     try:
         _write_sample(tmp, DEFAULT_SPEC)
-        os.chmod(tmp, 0o755)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -229,14 +227,13 @@ def ensure_converted_sample(cache_dir=None) -> Path:
 
     if current():
         return final
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = temporary_dir_beside(final)
     try:
         convert_recordio(src, tmp, progress=False)
         manifest_path = tmp / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         manifest["sample_fingerprint"] = fingerprint
-        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-        os.chmod(tmp, 0o755)
+        write_json(manifest_path, manifest, indent=1, sort_keys=False, durable=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -251,6 +248,11 @@ def ensure_converted_sample(cache_dir=None) -> Path:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Write the synthetic sample dataset in insightface's layout (train.rec/idx, property, "
                           "lfw/cfp_fp/agedb_30 .bin pair sets of people unseen in training).")
+    here = cache_root() / CACHE_NAME
+    parser.epilog = (f"The sample that other commands use when given no data is made once and cached in "
+                     f"{DEFAULT_CACHE}/{CACHE_NAME} (its TFRecord conversion in {CACHE_NAME}-tfrecord beside it); "
+                     f"set {CACHE_ENV} to keep the cache elsewhere. Here it is {here}. Delete that folder to have "
+                     "it made again; `frtf sample OUT` writes a separate copy to OUT.")
     parser.add_argument("out", metavar="OUT", help="output folder (must not exist or be empty)")
     parser.add_argument("--identities", type=int, default=SampleSpec.num_identities, help="training identities")
     parser.add_argument("--images-per-identity", type=int, default=SampleSpec.images_per_identity)

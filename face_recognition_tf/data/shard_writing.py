@@ -5,6 +5,8 @@ object (RecSource, FolderSource) knows how to write its rows into a ShardWriter;
 decides which shards to write, runs them in parallel, and keeps the output folder consistent:
 a shard is written under a temporary name, its count and sha256 go to a sidecar, then it is
 renamed, so anything named like a shard is complete; manifest.json is written last.
+
+A run that fails leaves OUT as it was; one that is interrupted can be resumed (see run_conversion).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from face_recognition_tf.atomic import atomic_file, check_writable_dir, ensure_dir, replace_path, write_json
 from face_recognition_tf.data import tfrecord
 from face_recognition_tf.data.verification_bin import find_bins
-from face_recognition_tf.errors import DatasetError
+from face_recognition_tf.errors import ConfigError, DatasetError, OutputError
 
 STATE_NAME = ".frtf-convert.json"
 SHARD_TARGET_BYTES = 64 << 20  # default shard size: enough shards to interleave and to balance workers
@@ -31,6 +34,20 @@ SHARD_TARGET_BYTES = 64 << 20  # default shard size: enough shards to interleave
 def default_num_shards(total_bytes: int, num_images: int) -> int:
     """Depends only on the data (not on the machine) so a seed gives the same output anywhere."""
     return max(1, min(num_images, max(2, math.ceil(total_bytes / SHARD_TARGET_BYTES))))
+
+
+def _write_json(path, obj) -> None:
+    """Sidecars, state and manifest: atomic, fsynced (other runs rely on them across a crash)."""
+    write_json(path, obj, indent=1, sort_keys=False, durable=True)
+
+
+def check_arguments(num_shards=None, workers=None, seed=0) -> None:
+    """The numbers a user typed, checked before anything is read or written (None = the default)."""
+    for flag, value in (("--shards", num_shards), ("--workers", workers)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ConfigError(f"{flag} {value}: must be a whole number, at least 1 (leave it out for the default)")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"--seed {seed}: must be a whole number, 0 or more")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,17 +71,17 @@ def _write_shard(task):
     source, rows, final, verify, skip_corrupt = task
     final = Path(final)
     tmp = final.with_name(f".{final.name}.partial")
-    writer = tfrecord.ShardWriter(tmp)
+    writer = tfrecord.ShardWriter(tmp, name=final)
     try:
         skipped = source.write_rows(writer, rows, verify, skip_corrupt, _tick)
         info = writer.close()
+        info.update(file=final.name, skipped=skipped, verified=bool(verify))
+        _write_json(_sidecar(final), info)
+        replace_path(tmp, final)
     except BaseException:
         writer.abort()
         tmp.unlink(missing_ok=True)
         raise
-    info.update(file=final.name, skipped=skipped, verified=bool(verify))
-    tfrecord.write_json_atomic(_sidecar(final), info)
-    os.replace(tmp, final)
     return info
 
 
@@ -72,7 +89,54 @@ def _sidecar(final: Path) -> Path:
     return final.with_name(f".{final.name}.json")
 
 
+def _remove_debris(out_dir: Path) -> None:
+    """Unfinished shards and the temporary files of writes cut short (a killed worker leaves them)."""
+    for pattern in (".train-*.partial", "..train-*.tmp", f".{STATE_NAME}.*.tmp"):
+        for stale in out_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------------------
+class _Output:
+    """OUT, and what this run wrote into it, so that a failed run can take it back (see run_conversion)."""
+
+    def __init__(self, path, resume: bool):
+        self.path = Path(path)
+        self.resume = bool(resume)
+        self.created = None  # the top-most folder this run created
+        self.written: set[Path] = set()  # files this run wrote or is writing
+
+    def check(self) -> None:
+        """Fail now, before any work and without creating anything, when OUT cannot be written."""
+        if self.path.exists():
+            check_writable_dir(self.path)  # a file in its place, or a folder nothing can be written into
+            return
+        existing = next(p for p in self.path.parents if p.exists())
+        if not existing.is_dir():
+            raise OutputError(f"{self.path}: cannot create folder ({existing} is a file)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+            raise OutputError(f"{self.path}: cannot create folder ({existing}: "
+                              f"{'Read-only file system' if read_only else 'Permission denied'})")
+
+    def create(self) -> Path:
+        self.created = next((p for p in [*reversed(self.path.parents), self.path] if not p.exists()), None)
+        return ensure_dir(self.path)
+
+    def undo(self, interrupted: bool) -> None:
+        """After a failure: keep what --resume can use, or remove what this run wrote."""
+        if not self.path.is_dir() or (self.created is None and not self.written):
+            return  # nothing of this run's is there (it failed before writing)
+        if (self.path / STATE_NAME).is_file() and (interrupted or (self.resume and self.created is None)):
+            _remove_debris(self.path)  # finished shards and the state stay for --resume
+        elif self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+        else:
+            for path in self.written:
+                path.unlink(missing_ok=True)
+            _remove_debris(self.path)
+
+
 def _prepare_out(out_dir: Path, fingerprint: str, settings: dict, resume: bool, verify: bool):
     """Check what the output folder holds; return {shard file: sidecar info} of reusable shards."""
     manifest_path = out_dir / tfrecord.MANIFEST_NAME
@@ -97,8 +161,7 @@ def _prepare_out(out_dir: Path, fingerprint: str, settings: dict, resume: bool, 
         raise DatasetError(f"{out_dir}: the interrupted conversion used {was}; resume with the same settings "
                            "or start over without --resume")
     reusable = {}
-    for stale in out_dir.glob(".train-*.partial"):
-        stale.unlink()
+    _remove_debris(out_dir)
     if resume and same_settings:
         if manifest_path.is_file() and (not verify or prior.get("verified")):
             return None  # already complete
@@ -117,39 +180,76 @@ def _prepare_out(out_dir: Path, fingerprint: str, settings: dict, resume: bool, 
     return reusable
 
 
-def _copy_pair_sets(src_dir: Path, out_dir: Path) -> list[str]:
+def _copy_pair_sets(src_dir: Path, out_dir: Path, written: set) -> list[str]:
+    """Hard-link (or copy) the .bin pair sets next to the shards; new ones are added to `written`."""
     names = []
     for src in sorted(src_dir.glob("*.bin")):
         dst = out_dir / src.name
         names.append(src.name)
         if dst.exists() and os.path.samefile(src, dst):
             continue
-        tmp = out_dir / f".{src.name}.tmp"
+        if not dst.exists():
+            written.add(dst)
+        tmp = out_dir / f".{src.name}.link-{os.getpid()}.tmp"
         tmp.unlink(missing_ok=True)
         try:
             os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        except OSError:  # another file system, or no hard links: copy
+            with open(src, "rb") as f, atomic_file(dst, "wb") as out:
+                shutil.copyfileobj(f, out, 4 << 20)
+            continue
+        try:
+            replace_path(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
     return names
 
 
-def run_conversion(source, rows: dict, info: dict, src_dir: Path, out_dir, *, num_shards=None, workers=None,
-                   resume=False, verify=False, skip_corrupt=False, seed=0, progress=True) -> dict:
-    """Shared by .rec and folder conversion: plan shards, write the missing ones, then the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def run_conversion(plan, out_dir, *, num_shards=None, workers=None, resume=False, verify=False,
+                   skip_corrupt=False, seed=0, progress=True) -> dict:
+    """Shared by .rec and folder conversion: check, plan, write the missing shards, then the manifest.
+
+    `plan()` reads and validates the source and returns (source, rows, info, src_dir); it runs only
+    after the arguments and OUT have been checked, and OUT is created only after it.
+
+    When a run fails, OUT is left as it was before the run:
+    * an error (a corrupt image under --verify, more shards than images, an unwritable or full
+      disk): a folder the run created is removed; in a folder that was already there, the files this
+      run wrote (shards, their sidecars, the state file, pair-set copies) are removed, so after
+      fixing the cause the same command simply runs again.  Exception: a `resume=True` run into a
+      folder that holds a conversion's state keeps it and the finished shards, to be resumed again.
+    * an interruption (Ctrl-C, SIGTERM, a kill): the finished shards and the state file stay (only
+      unfinished files are removed), and `resume=True` finishes the conversion.
+    Starting over (no resume) in a folder holding an earlier conversion of the same source removes
+    that conversion's shards and manifest first.
+    """
+    check_arguments(num_shards, workers, seed)
+    out = _Output(out_dir, resume)
+    out.check()
+    try:
+        source, rows, info, src_dir = plan()
+        return _convert(out, source, rows, info, src_dir, num_shards=num_shards, workers=workers,
+                        resume=resume, verify=verify, skip_corrupt=skip_corrupt, seed=seed, progress=progress)
+    except BaseException as exc:
+        out.undo(interrupted=not isinstance(exc, Exception))
+        raise
+
+
+def _convert(out: _Output, source, rows, info, src_dir, *, num_shards, workers, resume, verify, skip_corrupt,
+             seed, progress) -> dict:
     n = len(rows["labels"])
     num_shards = int(num_shards or default_num_shards(info["total_bytes"], n))
-    if not 1 <= num_shards <= n:
-        raise DatasetError(f"--shards {num_shards}: must be between 1 and the number of images ({n})")
+    if num_shards > n:
+        raise ConfigError(f"--shards {num_shards}: more shards than images ({n}); use at most {n}")
+    out_dir = out.create()
     verify = bool(verify or skip_corrupt)
     settings = {"format_version": tfrecord.FORMAT_VERSION, "num_shards": num_shards, "seed": int(seed)}
     reusable = _prepare_out(out_dir, info["fingerprint"], settings, resume, verify)
     if reusable is None:
         return tfrecord.read_manifest(out_dir)
-    tfrecord.write_json_atomic(out_dir / STATE_NAME, {"fingerprint": info["fingerprint"], "source_dir":
-                                                      info["source_dir"], **settings})
+    out.written.add(out_dir / STATE_NAME)
+    _write_json(out_dir / STATE_NAME, {"fingerprint": info["fingerprint"], "source_dir": info["source_dir"],
+                                      **settings})
     perm = np.random.default_rng(int(seed)).permutation(n)
     parts = np.array_split(perm, num_shards)
     tasks, done = [], {}
@@ -160,6 +260,7 @@ def run_conversion(source, rows: dict, info: dict, src_dir: Path, out_dir, *, nu
             continue
         shard_rows = {k: v[part] for k, v in rows.items()}
         tasks.append((source, shard_rows, str(out_dir / name), verify, skip_corrupt))
+        out.written.update((out_dir / name, _sidecar(out_dir / name)))
     workers = int(workers or min(os.cpu_count() or 1, max(1, info["total_bytes"] // (16 << 20))))
     workers = max(1, min(workers, len(tasks)))
     todo = sum(len(t[1]["labels"]) for t in tasks)
@@ -190,11 +291,10 @@ def run_conversion(source, rows: dict, info: dict, src_dir: Path, out_dir, *, nu
     finally:
         if bar is not None:
             bar.close()
-        for stale in out_dir.glob(".train-*.partial"):
-            stale.unlink(missing_ok=True)
+        _remove_debris(out_dir)
     shards = [done[tfrecord.shard_name(s, num_shards)] for s in range(num_shards)]
     skipped = sorted((x for sh in shards for x in sh["skipped"]), key=lambda x: str(x["key"]))
-    _copy_pair_sets(src_dir, out_dir)
+    _copy_pair_sets(src_dir, out_dir, out.written)
     pair_sets = list(find_bins(out_dir))
     labels = rows["labels"]
     counts = np.bincount(labels, minlength=info["num_classes"])
@@ -203,6 +303,9 @@ def run_conversion(source, rows: dict, info: dict, src_dir: Path, out_dir, *, nu
         "num_images": int(sum(sh["records"] for sh in shards)),
         "num_classes": int(info["num_classes"]),
         "num_classes_source": info["num_classes_source"],
+        # smallest and largest class index among the source's images (skipped ones included), so a
+        # trainer can check them against its class count before training
+        "label_range": [int(labels.min()), int(labels.max())],
         "image_size": list(info["image_size"]),
         "schema": {tfrecord.IMAGE_KEY: "bytes: the source JPEG, never re-encoded", tfrecord.LABEL_KEY: "int64"},
         "shards": [{"file": sh["file"], "records": sh["records"], "bytes": sh["bytes"], "sha256": sh["sha256"]}
@@ -224,7 +327,7 @@ def run_conversion(source, rows: dict, info: dict, src_dir: Path, out_dir, *, nu
     for key in ("layout", "classes"):
         if key in info:
             manifest[key] = info[key]
-    tfrecord.write_json_atomic(out_dir / tfrecord.MANIFEST_NAME, manifest)
+    _write_json(out_dir / tfrecord.MANIFEST_NAME, manifest)
     for path in [out_dir / STATE_NAME, *out_dir.glob(".train-*.tfrecord.json")]:
         path.unlink(missing_ok=True)
     return manifest

@@ -17,11 +17,11 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
+from face_recognition_tf.atomic import describe_os_error
 from face_recognition_tf.data.crc32c import crc32c_python, find_crc32c, masked_crc  # noqa: F401 (re-exported)
-from face_recognition_tf.errors import DatasetError
+from face_recognition_tf.errors import DatasetError, OutputError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -106,10 +106,13 @@ class ShardWriter:
     straight into the output buffer.  Write to a temporary name and rename after `close()`: this
     class does not decide when a shard is finished.  No fsync per shard (the converter checks
     kept shards' sha256 when it resumes instead), so writing costs what the page cache costs.
+    A failed write (disk full, read-only file system) raises OutputError naming `name` (the
+    shard's final name; default `path`).
     """
 
-    def __init__(self, path, buffer_size: int = 4 << 20, crc=None, fsync: bool = False):
+    def __init__(self, path, buffer_size: int = 4 << 20, crc=None, fsync: bool = False, name=None):
         self.path = Path(path)
+        self.name = Path(name) if name is not None else self.path
         self.records = 0
         self.bytes = 0
         self._fsync = fsync
@@ -123,7 +126,10 @@ class ShardWriter:
 
             self._tf = tf.io.TFRecordWriter(str(self.path))
             return
-        self._f = open(self.path, "wb", buffering=0)
+        try:
+            self._f = open(self.path, "wb", buffering=0)
+        except OSError as exc:
+            raise OutputError(describe_os_error(self.name, exc)) from None
         self._buf = bytearray(buffer_size)
         self._size = buffer_size
         self._pos = 0
@@ -169,9 +175,12 @@ class ShardWriter:
     def _write(self, mv):
         self._sha.update(mv)
         self.bytes += len(mv)
-        while mv:
-            n = self._f.write(mv)
-            mv = mv[n:]
+        try:
+            while mv:
+                n = self._f.write(mv)
+                mv = mv[n:]
+        except OSError as exc:
+            raise OutputError(describe_os_error(self.name, exc)) from None
 
     def _flush(self):
         if self._pos:
@@ -191,9 +200,12 @@ class ShardWriter:
                     self.bytes += len(block)
         elif self._f is not None:
             self._flush()
-            if self._fsync:
-                os.fsync(self._f.fileno())
-            self._f.close()
+            try:
+                if self._fsync:
+                    os.fsync(self._f.fileno())
+                self._f.close()
+            except OSError as exc:
+                raise OutputError(describe_os_error(self.name, exc)) from None
             self._f = None
         return {"records": self.records, "bytes": self.bytes, "sha256": self._sha.hexdigest()}
 
@@ -240,22 +252,6 @@ def iter_tfrecord(path, check_crc: bool = True):
 
 
 # ---------------------------------------------------------------------------------------------
-def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the dataset from other users
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_manifest(folder) -> dict:
     """The manifest of a converted dataset folder (or of the manifest file itself), validated."""
     folder = Path(folder)

@@ -10,13 +10,12 @@ rebuilds plain containers and numpy arrays and refuses every other global *befor
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from face_recognition_tf.atomic import atomic_file
 from face_recognition_tf.errors import DatasetError
 
 # The only globals a pair-set pickle legitimately needs (numpy arrays and scalars, py2 / py3 names).
@@ -131,16 +130,8 @@ def save_bin(path, jpegs: list[bytes], issame: list[bool]) -> None:
     issame = [bool(s) for s in issame]
     if len(jpegs) != 2 * len(issame):
         raise ValueError(f"{len(jpegs)} images for {len(issame)} pairs (expected {2 * len(issame)})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((jpegs, issame), f, protocol=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:  # the umask's mode; a one-line OutputError if it cannot be written
+        pickle.dump((jpegs, issame), f, protocol=2)
 
 
 # insightface's usual evaluation order; other names follow alphabetically
