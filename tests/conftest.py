@@ -1,5 +1,9 @@
 """Test session set-up shared by every test file.
 
+`make test` runs the suite in pytest-xdist worker processes: TensorFlow and oneDNN run native code
+that can crash the process (a SIGSEGV in a kernel), and a crash must fail the one test that caused
+it, by name, while the rest of the suite goes on in a fresh worker.
+
 TensorFlow is imported once for the whole session, and the CPU is split into two logical devices
 *before* anything initialises the runtime, so multi-replica strategies (mirrored, central storage)
 can be exercised without a GPU.  Single-device code keeps running on /cpu:0 as usual.
@@ -11,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # the pytest-xdist controller only hands out tests; its workers run them (and TensorFlow)
     import tensorflow as tf
 
     cpus = tf.config.list_physical_devices("CPU")

@@ -587,7 +587,7 @@ class Trainer:
                             img_s=f"{rate:.0f}", refresh=False)
 
     def _validate(self, writer, step: int) -> dict:
-        scores = self.validator(self.step_fn.backbone)
+        scores = self.validator(self.step_fn.backbone, progress=bool(self.progress))
         with writer.as_default(step=step):
             for name, value in scores.items():
                 _scalar(f"val/{name}", value)

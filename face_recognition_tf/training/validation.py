@@ -46,8 +46,12 @@ class Validator:
     def names(self) -> list[str]:
         return list(self.pair_sets)
 
-    def __call__(self, model) -> dict[str, float]:
-        """{set name: mean 10-fold accuracy} plus 'mean' over the sets."""
+    def __call__(self, model, progress: bool = False) -> dict[str, float]:
+        """{set name: mean 10-fold accuracy} plus 'mean' over the sets.
+
+        `progress` shows a bar per pair set: validating LFW-sized sets takes long enough on a CPU that
+        a training bar standing still at 100% looks like a hang.
+        """
         from face_recognition_tf.evaluation import evaluate_model
         from face_recognition_tf.evaluation.embed import Embedder
 
@@ -55,7 +59,7 @@ class Validator:
         # (the weights are variables, so the trace sees every update) instead of re-tracing each time.
         if self._embedder is None or self._embedder.model is not model:
             self._embedder = Embedder(model)
-        results = evaluate_model(self._embedder, self.pair_sets, batch_size=self.batch_size)
+        results = evaluate_model(self._embedder, self.pair_sets, batch_size=self.batch_size, progress=progress)
         scores = {name: float(result.accuracy_mean) for name, result in results.items()}
         scores["mean"] = float(np.mean(list(scores.values()))) if scores else 0.0
         return scores
