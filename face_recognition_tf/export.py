@@ -10,19 +10,26 @@ The SavedModel's `serving_default` signature has exactly that input and output, 
 `frtf evaluate`, `FaceRecognizer`) load it back.  TFLite is converted from that SavedModel; ONNX uses
 tf2onnx, an optional extra (`pip install 'face_recognition_tf[onnx]'`).  After writing, the export is
 run on a test batch and compared with the source model (skip with `--no-check`).  Outputs are written
-to a temporary name beside the target and renamed into place, so a failed export leaves nothing behind.
+to a temporary name beside the target and renamed into place (`face_recognition_tf.atomic`), so a failed
+export leaves nothing behind and the result carries the user's umask.
+
+OUT says what it is, and must agree with `--format`: a folder name without a file suffix is a SavedModel,
+`NAME.tflite` TFLite, `NAME.onnx` ONNX.  Anything else (`exported/ --format tflite`, `model.pt`) is
+refused before any work, because a silent guess wrote a file named like a folder, or a folder named like
+a PyTorch file.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from face_recognition_tf.errors import CheckpointError, ConfigError, FaceRecognitionError
+from face_recognition_tf.atomic import check_writable_dir, dir_mode, replace_path, temporary_dir_beside
+from face_recognition_tf.errors import CheckpointError, ConfigError, FaceRecognitionError, OutputError
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic")
@@ -30,9 +37,43 @@ INPUT_NAME, OUTPUT_NAME = "images", "embedding"
 ONNX_INSTALL_HINT = "pip install 'face_recognition_tf[onnx]' (installs tf2onnx and onnx)"
 
 
+_FILE_SUFFIXES = {".tflite": "tflite", ".onnx": "onnx"}
+_OUT_FORMS = {"savedmodel": "a folder name without a file suffix", "tflite": "a file name ending in .tflite",
+              "onnx": "a file name ending in .onnx"}
+ACCEPTED_OUTS = "a folder name without suffix (SavedModel), NAME.tflite (TFLite) or NAME.onnx (ONNX)"
+
+
 def infer_format(out) -> str:
-    suffix = Path(out).suffix.lower()
-    return {".tflite": "tflite", ".onnx": "onnx"}.get(suffix, "savedmodel")
+    """The format of an existing export, read leniently from its suffix (see `output_format` for OUT)."""
+    return _FILE_SUFFIXES.get(Path(out).suffix.lower(), "savedmodel")
+
+
+def output_format(out, format: str | None = None) -> str:
+    """The format OUT names, which an explicit `format` must agree with; ConfigError otherwise.
+
+    A trailing slash or an existing folder names a folder (SavedModel) whatever dots the name holds.
+    """
+    text = os.fspath(out)
+    path = Path(text)
+    suffix = path.suffix.lower()
+    is_folder = text.endswith(("/", os.sep)) or path.is_dir()
+    if is_folder or not suffix:
+        named = "savedmodel"  # a folder, even one called x.tflite: only a SavedModel can go there
+    elif suffix in _FILE_SUFFIXES:
+        named = _FILE_SUFFIXES[suffix]
+    else:
+        raise ConfigError(f"{text}: unknown export suffix {path.suffix!r}; OUT must be {ACCEPTED_OUTS}")
+    if format is None:
+        if is_folder and suffix in _FILE_SUFFIXES:
+            raise ConfigError(f"{text}: is a folder, but {suffix} names a {_FILE_SUFFIXES[suffix]} file; "
+                              f"OUT must be {ACCEPTED_OUTS}")
+        return named
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    if format != named:
+        raise ConfigError(f"export format {format} needs OUT to be {_OUT_FORMS[format]}, got {text!r} "
+                          f"(which names a {named} export); OUT must be {ACCEPTED_OUTS}")
+    return format
 
 
 def _image_size(model) -> int:
@@ -90,6 +131,25 @@ def _tflite_bytes(saved_model_dir: Path, quantize: str) -> bytes:
         raise FaceRecognitionError(f"TFLite conversion failed: {str(exc).strip().splitlines()[0]}") from None
 
 
+def tflite_interpreter(path, num_threads: int | None = None):
+    """A TFLite interpreter for `path`: LiteRT's (`ai_edge_litert`, the maintained one) when installed.
+
+    Otherwise TensorFlow's `tf.lite.Interpreter`, which still works in TF 2.21 but warns on every
+    construction that it is deprecated; that one warning is silenced here, where we chose it knowingly,
+    so exports and checks do not print a warning the user can do nothing about.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated",
+                                    category=UserWarning)
+            return tf.lite.Interpreter(model_path=str(path), num_threads=num_threads)
+    return Interpreter(model_path=str(path), num_threads=num_threads)
+
+
 def _onnx_bytes(serve, image_size: int, opset: int) -> bytes:
     try:
         import tf2onnx
@@ -122,30 +182,28 @@ def _rename_onnx_io(proto) -> None:
         node.output[:] = [renames.get(name, name) for name in node.output]
 
 
-def _replace_path(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move a finished export into place; with `overwrite` the previous one is removed only afterwards."""
-    if out.exists() and not overwrite:
-        raise FaceRecognitionError(f"{out}: already exists (pass --overwrite to replace it)")
-    if out.is_dir():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def _apply_umask_to_folders(root: Path) -> None:
+    """TensorFlow creates SavedModel folders 0755 whatever the umask; give them the mode `mkdir` would."""
+    mode = dir_mode()
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        os.chmod(folder, mode)
 
 
-def check_request(out: Path, format: str | None, quantize: str, overwrite: bool) -> str:
-    """Refuse an impossible export before any slow work; returns the format."""
-    format = format or infer_format(out)
-    if format not in FORMATS:
-        raise ConfigError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+def check_request(out, format: str | None, quantize: str, overwrite: bool) -> str:
+    """Refuse an impossible export before any slow work (loading the model); returns the format.
+
+    Checks that OUT and `format` agree (see `output_format`), that the quantization applies, that OUT
+    does not exist unless `overwrite`, that its folder can be written, and that tf2onnx is there for ONNX.
+    """
+    format = output_format(out, format)
+    out = Path(out)
     if quantize not in QUANTIZATIONS:
         raise ConfigError(f"unknown quantization {quantize!r}; choose from {', '.join(QUANTIZATIONS)}")
     if quantize != "none" and format != "tflite":
         raise ConfigError(f"--quantize applies to TFLite exports only (format is {format})")
     if out.exists() and not overwrite:
-        raise FaceRecognitionError(f"{out}: already exists (pass --overwrite to replace it)")
+        raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
+    check_writable_dir(out.parent)
     if format == "onnx":
         try:
             import tf2onnx  # noqa: F401
@@ -157,27 +215,27 @@ def check_request(out: Path, format: str | None, quantize: str, overwrite: bool)
 def export_model(model, out, format: str | None = None, *, quantize: str = "none", opset: int = 17,
                  l2_normalize: bool = False, overwrite: bool = False) -> Path:
     """Export an embedding model (a path `model_io` loads, or a Keras model) to `out`; returns `out`."""
-    out = Path(out)
     format = check_request(out, format, quantize, overwrite)
+    out = Path(out)
     if isinstance(model, (str, Path)):
         from face_recognition_tf.model_io import load_embedding_model
 
         model = load_embedding_model(model)
     image_size = _image_size(model)
     serve = _serving_fn(model, l2_normalize)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work = temporary_dir_beside(out)
     try:
         saved = work / "saved_model"
         if format in ("savedmodel", "tflite"):
             _write_saved_model(model, serve, image_size, saved)
         if format == "savedmodel":
-            _replace_path(saved, out, overwrite)
+            _apply_umask_to_folders(saved)
+            replace_path(saved, out, overwrite=overwrite)
         else:
             data = _tflite_bytes(saved, quantize) if format == "tflite" else _onnx_bytes(serve, image_size, opset)
             tmp_file = work / "model.bin"
-            tmp_file.write_bytes(data)
-            _replace_path(tmp_file, out, overwrite)
+            tmp_file.write_bytes(data)  # a new file: 0666 less the umask, as the user expects
+            replace_path(tmp_file, out, overwrite=overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -193,9 +251,7 @@ def run_exported(path, images: np.ndarray, format: str | None = None) -> np.ndar
 
         return np.asarray(load_embedding_model(path)(images))
     if format == "tflite":
-        import tensorflow as tf
-
-        interpreter = tf.lite.Interpreter(model_path=str(path))
+        interpreter = tflite_interpreter(path)
         runner = interpreter.get_signature_runner("serving_default")
         return np.asarray(runner(**{INPUT_NAME: images})[OUTPUT_NAME])
     try:
@@ -236,8 +292,11 @@ def configure_parser(parser) -> None:
         "output `embedding` float32 (N,D)."
     )
     parser.add_argument("model", metavar="MODEL", help="run folder, checkpoint prefix, .keras file or SavedModel folder")
-    parser.add_argument("out", metavar="OUT", help="output folder (SavedModel) or file (.tflite, .onnx)")
-    parser.add_argument("--format", choices=FORMATS, help="default: from OUT's suffix (.tflite, .onnx, else savedmodel)")
+    parser.add_argument("out", metavar="OUT",
+                        help="a folder name without suffix (SavedModel), NAME.tflite or NAME.onnx")
+    parser.add_argument("--format", choices=FORMATS,
+                        help="default: what OUT names; given, it must agree with OUT (tflite: NAME.tflite, "
+                             "onnx: NAME.onnx, savedmodel: a folder name without suffix)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
                         help="TFLite only: float16 halves the file, dynamic stores int8 weights (default none)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -249,7 +308,7 @@ def configure_parser(parser) -> None:
 def run(args) -> int:
     from face_recognition_tf.model_io import load_embedding_model
 
-    format = check_request(Path(args.out), args.format, args.quantize, args.overwrite)
+    format = check_request(args.out, args.format, args.quantize, args.overwrite)
     model = load_embedding_model(args.model)
     out = export_model(model, args.out, format, quantize=args.quantize, opset=args.opset,
                        l2_normalize=args.l2_normalize, overwrite=args.overwrite)

@@ -21,7 +21,7 @@ import numpy as np
 
 from face_recognition_tf.errors import FaceRecognitionError
 from face_recognition_tf.faces.align import align_face
-from face_recognition_tf.faces.detect import Face, FaceDetector, load_rgb
+from face_recognition_tf.faces.detect import Face, FaceDetector, NoFaceError, load_rgb
 from face_recognition_tf.faces.gallery import Gallery, Match, l2_normalize
 
 # Cosine similarity above which two faces are called the same person.  0.3 (squared L2 distance 1.4
@@ -132,6 +132,7 @@ class FaceRecognizer:
         model: a path `load_embedding_model` accepts, or an already loaded model (a callable taking
             normalised (B, S, S, 3) float32 images and returning (B, D) embeddings).
         detector: "mtcnn" (default), a `FaceDetector`, or None when every input is an aligned crop.
+            With a detector, every input is detected (112x112 ones too) unless `aligned=True` is passed.
         flip: add the embedding of the horizontally flipped crop (insightface's protocol; default on,
             as in `frtf evaluate`, so thresholds from there apply).
         batch_size: crops per forward pass.
@@ -176,13 +177,16 @@ class FaceRecognizer:
     def align(self, image, aligned: bool | None = None, source: str | None = None) -> np.ndarray:
         """The aligned (S, S, 3) uint8 crop of the photo's main face (see `FaceDetector.pick`).
 
-        `aligned=None` treats an S x S input as already aligned (insightface's datasets, `frtf` samples)
-        and detects otherwise; True / False force either way.
+        Only an explicit `aligned=True` (or a recognizer built with `detector=None`) takes the input as
+        an aligned crop.  `aligned=None` (the default) and False run detection on every input, whatever
+        its size: guessing "S x S means aligned" compared grey squares and noise as faces.  An S x S
+        input without a detectable face is then an error that suggests `aligned=True` / `--aligned`;
+        a real aligned crop is found by MTCNN and re-aligned to (nearly) itself.
         """
         image, name = load_rgb(image, source)
         size = self.image_size
         if aligned is None:
-            aligned = image.shape[:2] == (size, size) or self.detector is None
+            aligned = self.detector is None
         if aligned:
             if image.shape[:2] != (size, size):
                 raise FaceRecognitionError(
@@ -192,7 +196,13 @@ class FaceRecognizer:
             return image
         if self.detector is None:
             raise FaceRecognitionError(f"{name}: aligned=False needs a detector (detector=None was given)")
-        face = self.detector.detect_one(image, name)
+        try:
+            face = self.detector.detect_one(image, name)
+        except NoFaceError:
+            if image.shape[:2] != (size, size):
+                raise
+            raise NoFaceError(f"{name}: no face found; if these are aligned {size}x{size} crops pass --aligned "
+                              "(aligned=True in Python)") from None
         return align_face(image, face.landmarks, size)
 
     # ------------------------------------------------------------------------------ embeddings
@@ -305,7 +315,7 @@ class FaceRecognizer:
         when the best match is not accepted the face is unknown to the gallery.
         """
         cos_threshold = resolve_threshold(threshold, distance_threshold, self.threshold)
-        gallery = self.load_gallery(gallery)
+        gallery = self.load_gallery(gallery, aligned=aligned)
         return gallery.search(self._embedding_of(image, aligned), top_k=top_k, threshold=cos_threshold)
 
     def _embedding_of(self, x, aligned) -> np.ndarray:
@@ -315,11 +325,14 @@ class FaceRecognizer:
 
     # -------------------------------------------------------------------------------- galleries
     def build_gallery(self, source, *, aligned: bool | None = None, skip_errors: bool = True,
-                      progress: bool = False) -> Gallery:
+                      progress: bool = False, warn: bool = True) -> Gallery:
         """A gallery from a folder of identity sub-folders (`people/alice/*.jpg`) or a dict name -> photos.
 
-        Photos that cannot be read or show no face are skipped with a warning (listed in
-        `gallery.skipped`) unless `skip_errors=False`; an identity left without any photo is an error.
+        Photos that cannot be read or show no face are skipped and listed in `gallery.skipped`, or
+        stop the build with `skip_errors=False`; an identity left without any photo is an error.
+        `warn` also reports each skipped photo as a UserWarning, for callers that never look at
+        `gallery.skipped`; a caller that reports them itself (the `frtf identify` command) passes
+        False, so each photo is reported once.
         """
         from face_recognition_tf.faces.detect import list_images
 
@@ -345,8 +358,9 @@ class FaceRecognizer:
                 sources.append(str(photo) if isinstance(photo, (str, Path)) else f"{name} #{len(sources)}")
         embeddings, kept, failures = self.embed_many(items, aligned, skip_errors=skip_errors,
                                                      progress=progress, names=sources)
-        for _, message in failures:
-            warnings.warn(f"gallery: skipped {message}", stacklevel=2)
+        if warn:
+            for _, message in failures:
+                warnings.warn(f"gallery: skipped {message}", stacklevel=2)
         kept_labels = np.asarray([labels[i] for i in kept], np.int64)
         present = set(kept_labels.tolist())
         empty = [name for i, name in enumerate(people) if i not in present]
@@ -356,18 +370,18 @@ class FaceRecognizer:
         return Gallery(list(people), embeddings, kept_labels, [sources[i] for i in kept],
                        skipped=failures, model=self.model_name, flip=self.flip)
 
-    def load_gallery(self, gallery) -> Gallery:
-        """A `Gallery` from any accepted form (see `identify`)."""
+    def load_gallery(self, gallery, *, aligned: bool | None = None, warn: bool = True) -> Gallery:
+        """A `Gallery` from any accepted form (see `identify`); photos are embedded as `build_gallery` does."""
         if isinstance(gallery, Gallery):
             return gallery
         if isinstance(gallery, Mapping):
             values = list(gallery.values())
             if values and all(isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim in (1, 2) for v in values):
                 return Gallery.from_embeddings(gallery)
-            return self.build_gallery(gallery)
+            return self.build_gallery(gallery, aligned=aligned, warn=warn)
         path = Path(gallery)
         if path.is_dir():
-            return self.build_gallery(path)
+            return self.build_gallery(path, aligned=aligned, warn=warn)
         loaded = Gallery.load(path)
         if loaded.flip != self.flip:
             warnings.warn(f"{path}: gallery was embedded with flip={loaded.flip}, this recognizer uses "

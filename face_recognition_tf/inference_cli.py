@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 COMMAND_NAMES = ("embed", "verify", "identify")
@@ -38,8 +36,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                             help="skip unreadable photos and photos without a face (listed on stderr) instead of failing")
     elif command == "verify":
         parser.description = "Say whether two photos show the same person (prints similarity and SAME/DIFFERENT)."
-        parser.add_argument("image_a", metavar="A", help="photo (or aligned 112x112 crop)")
-        parser.add_argument("image_b", metavar="B", help="photo (or aligned 112x112 crop)")
+        parser.add_argument("image_a", metavar="A", help="photo (an aligned 112x112 crop needs --aligned)")
+        parser.add_argument("image_b", metavar="B", help="photo (an aligned 112x112 crop needs --aligned)")
     else:
         parser.description = "Rank the gallery identities closest to the face in a photo."
         parser.add_argument("image", metavar="IMAGE", help="photo of the person to identify")
@@ -61,7 +59,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--checkpoint", help="with --threshold-from: the checkpoint's name, if the file holds several")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--aligned", action="store_true",
-                        help="photos are already aligned 112x112 crops: skip detection (auto-detected for 112x112 inputs)")
+                        help="every photo is already an aligned 112x112 crop (insightface's layout): skip face "
+                             "detection. Without it every photo, 112x112 ones too, goes through MTCNN, and a photo "
+                             "without a detectable face is an error")
     parser.add_argument("--no-flip", action="store_true",
                         help="do not add the horizontally flipped crop's embedding (the default matches `frtf evaluate`)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -118,26 +118,28 @@ def _require_inputs(images=(), gallery=None) -> None:
         raise DatasetError(f"{gallery}: gallery not found (expected a folder of identity sub-folders or an .npz)")
 
 
-def _write_npz_atomically(path: Path, **arrays) -> None:
-    import numpy as np
+def _npz_path(path) -> Path:
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+def _check_output_file(path: Path) -> Path:
+    """Fail on an output that cannot be written before the model is loaded and the photos embedded."""
+    from face_recognition_tf.atomic import check_writable_dir
+    from face_recognition_tf.errors import OutputError
+
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; a file is needed here")
+    check_writable_dir(path.parent)
+    return path
 
 
 def _run_embed(args) -> int:
     import numpy as np
 
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        out = out.with_name(out.name + ".npz")
+    from face_recognition_tf.atomic import atomic_file
+
+    out = _check_output_file(_npz_path(args.out))
     paths = _expand_images(args.images)
     recognizer = _recognizer(args)
     embeddings, kept, failures = recognizer.embed_many(
@@ -149,13 +151,14 @@ def _run_embed(args) -> int:
         from face_recognition_tf.errors import FaceRecognitionError
 
         raise FaceRecognitionError(f"no face could be embedded from {len(paths)} photo(s); nothing written")
-    _write_npz_atomically(
-        out,
-        embeddings=embeddings.astype(np.float32),
-        paths=np.asarray([str(paths[i]) for i in kept], dtype=str),
-        model=np.asarray(recognizer.model_name, dtype=str),
-        flip=np.bool_(recognizer.flip),
-    )
+    with atomic_file(out, "wb") as handle:
+        np.savez(
+            handle,
+            embeddings=embeddings.astype(np.float32),
+            paths=np.asarray([str(paths[i]) for i in kept], dtype=str),
+            model=np.asarray(recognizer.model_name, dtype=str),
+            flip=np.bool_(recognizer.flip),
+        )
     print(f"wrote {len(kept)} embedding(s) of dimension {embeddings.shape[1]} to {out}"
           + (f" ({len(failures)} photo(s) skipped)" if failures else ""))
     return 0
@@ -178,14 +181,18 @@ def _run_verify(args) -> int:
 
 def _run_identify(args) -> int:
     _require_inputs([args.image], args.gallery)
+    if args.save_gallery:
+        _check_output_file(_npz_path(args.save_gallery))
     recognizer = _recognizer(args)
-    gallery = recognizer.load_gallery(args.gallery)
+    aligned = True if args.aligned else None
+    # the library's per-photo warnings are off: this command lists gallery.skipped itself, once
+    gallery = recognizer.load_gallery(args.gallery, aligned=aligned, warn=False)
     for source, message in gallery.skipped:
         print(f"frtf identify: gallery: skipped {message}", file=sys.stderr)
     if args.save_gallery:
         saved = gallery.save(args.save_gallery)
         print(f"saved gallery ({len(gallery)} identities) to {saved}", file=sys.stderr)
-    matches = recognizer.identify(args.image, gallery, top_k=args.top_k, aligned=True if args.aligned else None)
+    matches = recognizer.identify(args.image, gallery, top_k=args.top_k, aligned=aligned)
     if args.json:
         print(json.dumps({"image": args.image, "threshold": recognizer.threshold,
                           "identity": matches[0].name if matches[0].accepted else None,

@@ -10,9 +10,13 @@ loadable without the config library.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import glob
 import json
+import logging
 import re
+import zipfile
 from pathlib import Path
 
 from face_recognition_tf.errors import CheckpointError
@@ -119,6 +123,11 @@ def _exists(path: Path) -> bool:
 def _load_keras_file(path: Path):
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    # Keras answers "File not found" for any file that is not a zip (a truncated download, an .h5
+    # renamed .keras): say what is actually wrong with the file
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a valid .keras archive (not a complete zip file: truncated, "
+                              "still being written, or another format)")
     import keras
 
     import face_recognition_tf.models  # noqa: F401  (registers the custom layers for deserialisation)
@@ -178,21 +187,55 @@ def build_backbone_from_spec(spec: dict):
 
 
 def _load_checkpoint(prefix: Path):
+    """Rebuild the run's backbone and restore `prefix` into it; a CheckpointError if they do not fit.
+
+    A restore that fails half-way (a shape mismatch raises in the middle) leaves TensorFlow's restore
+    coordinator without `expect_partial`; when it is garbage collected it logs one "Value in checkpoint
+    could not be found" warning per unrestored value (hundreds for a ResNet), burying the one-line
+    error.  So on failure the error is only built inside the `except`, the model, checkpoint and
+    exception (whose traceback holds the coordinator) are dropped and collected with TensorFlow's
+    warnings muted, and only then is the error raised, with no chained traceback keeping them alive.
+    """
     import tensorflow as tf
 
     run_dir = prefix.parent.parent if prefix.parent.name == CHECKPOINT_DIR else prefix.parent
     model = build_backbone_from_spec(read_backbone_spec(run_dir))
     checkpoint = tf.train.Checkpoint(backbone=model)
+    failure = None
     try:
         status = checkpoint.restore(str(prefix))
         status.expect_partial()
         status.assert_existing_objects_matched()
     except (tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
-        raise CheckpointError(f"{prefix}: checkpoint unreadable ({exc.message.splitlines()[0]})") from None
+        failure = CheckpointError(f"{prefix}: checkpoint unreadable ({exc.message.splitlines()[0]})")
     except AssertionError as exc:
-        raise CheckpointError(
+        failure = CheckpointError(
             f"{prefix}: checkpoint does not match the architecture in {run_dir / BACKBONE_SPEC} ({exc})"
-        ) from None
+        )
     except ValueError as exc:  # shape mismatch between checkpoint and rebuilt model
-        raise CheckpointError(f"{prefix}: checkpoint does not fit the rebuilt backbone ({exc})") from None
-    return model
+        failure = CheckpointError(f"{prefix}: checkpoint does not fit the architecture in "
+                                  f"{run_dir / BACKBONE_SPEC} ({_first_line(exc)})")
+    if failure is None:
+        return model
+    with _tensorflow_warnings_muted():
+        del model, checkpoint
+        status = None  # noqa: F841  (may hold the coordinator)
+        gc.collect()
+    raise failure
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _tensorflow_warnings_muted():
+    """Raise the `tensorflow` Python logger to ERROR for the block (its restore warnings log there)."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

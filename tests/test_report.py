@@ -12,7 +12,6 @@ from face_recognition_tf.evaluation.report import (
     format_table,
     percent,
     to_markdown,
-    write_atomic,
     write_reports,
 )
 
@@ -106,9 +105,9 @@ def test_checkpoint_names_are_unique():
     assert names == {"ckpt-1": "a/ckpt-1", "ckpt-1#2": "b/ckpt-1", "ckpt-2": "c/ckpt-2"}
 
 
-def test_write_atomic_replaces_and_cleans_up(tmp_path):
-    target = tmp_path / "f.txt"
-    write_atomic(target, "one")
-    write_atomic(target, b"two")
-    assert target.read_text() == "two"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+def test_write_reports_replaces_and_cleans_up(tmp_path):
+    # report.write_atomic is gone: reports are written through face_recognition_tf.atomic
+    results = {"m.keras": {"own": _result(4, num_pairs=40, flip=False)}}
+    write_reports(tmp_path, results, flip=False, folds=10)
+    write_reports(tmp_path, results, flip=False, folds=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.json", "results.md", "roc_own.png"]

@@ -1,7 +1,7 @@
 """`frtf evaluate` (== `python evaluation/evaluation.py`): score checkpoints on verification pair sets.
 
-Everything a user can get wrong (a missing checkpoint, a folder without .bin files, an unknown target)
-is checked before the first model is loaded, so a typo costs seconds rather than an evaluation run.  The
+Everything a user can get wrong (a missing checkpoint, a folder without .bin files, an unknown target,
+an output folder that cannot be written) is checked before the first model is loaded, so a typo costs seconds rather than an evaluation run.  The
 pair sets are decoded once and reused for every checkpoint; each checkpoint is loaded once and run over
 every target.
 """
@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from face_recognition_tf.atomic import check_writable_dir
 from face_recognition_tf.errors import CheckpointError, ConfigError, DatasetError
 
 DEFAULT_OUT = "evaluation_results"
@@ -36,7 +37,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flip", action="store_true",
                         help="embed the images only, without adding their horizontal flips")
     parser.add_argument("--folds", type=int, default=10, metavar="K", help="cross-validation folds (default 10)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or progress lines on stderr "
+                             "(errors, notices and the results table still print)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,11 +53,13 @@ def run(args: argparse.Namespace) -> int:
     if args.targets is not None and not targets:
         raise ConfigError("--targets is empty; give names such as lfw,cfp_fp")
 
+    progress = not args.quiet
+    say = _say if progress else _silent
     checkpoints = model_io.expand_model_paths(args.models)
     bins, data_dir = _pair_set_files(args.data, targets)
     out_dir = Path(args.out) if args.out else _default_out(args.models, model_io)
+    check_writable_dir(out_dir)  # a read-only --out fails now, not after every checkpoint was scored
     flip = not args.no_flip
-    progress = not args.quiet
 
     from face_recognition_tf.data import load_bin
     from face_recognition_tf.evaluation.embed import Embedder
@@ -63,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
 
     pair_sets = {}
     for name, path in bins.items():
-        _say(f"loading {name} from {path}")
+        say(f"loading {name} from {path}")
         pair_sets[name] = load_bin(path)
 
     names = checkpoint_names(checkpoints, model_io.describe)
     results = {}
     for name, path in names.items():
-        _say(f"loading model {path}")
+        say(f"loading model {path}")
         embedder = Embedder(model_io.load_embedding_model(path))
         results[name] = {}
         for target, (images, issame) in pair_sets.items():
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             except VerificationInputError as exc:
                 raise CheckpointError(f"{path}: on {target}: {exc}") from None
             results[name][target] = result
-            _say(f"[{target}] {name}: accuracy {percent(result.accuracy_mean, result.accuracy_std)} "
+            say(f"[{target}] {name}: accuracy {percent(result.accuracy_mean, result.accuracy_std)} "
                  f"(no flip {percent(result.accuracy_noflip_mean, result.accuracy_noflip_std)}), "
                  f"XNorm {result.xnorm:.3f}")
 
@@ -121,6 +126,10 @@ def _default_out(models: list[str], model_io) -> Path:
         if model_io.is_run_folder(only):
             return only / "evaluation"
     return Path(DEFAULT_OUT)
+
+
+def _silent(message: str) -> None:
+    """--quiet: progress lines are dropped; errors still reach stderr through the dispatcher."""
 
 
 def _say(message: str) -> None:

@@ -3,8 +3,9 @@
 `results.json` is the machine-readable contract (format below); the CSV is one row per checkpoint and
 target for spreadsheets; the Markdown is what people paste into a README or an issue.  Accuracies are
 shown in percent with two decimals, the way face-recognition tables print them; files keep full
-precision.  Every file is written under a temporary name and renamed, so an interrupted run never leaves
-a half-written report.
+precision.  Every file is written through `face_recognition_tf.atomic` (a temporary name, then a rename,
+with the mode the user's umask gives), so an interrupted run never leaves a half-written report and a
+folder that cannot be written is one `OutputError` naming it.
 
 results.json:
     {"format_version": 1, "created": ISO time, "data": folder or null, "flip": bool, "folds": int,
@@ -17,29 +18,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from face_recognition_tf.atomic import ensure_dir, write_bytes, write_text
 from face_recognition_tf.evaluation.verification import TAR_FAR_TARGETS, VerificationResult
 
 FORMAT_VERSION = 1
 Results = Mapping[str, Mapping[str, VerificationResult]]  # checkpoint name -> target -> result
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def percent(mean: float | None, std: float | None = None) -> str:
@@ -187,8 +174,7 @@ def roc_png(target: str, per_checkpoint: Mapping[str, VerificationResult]) -> by
 def write_reports(out_dir: str | Path, results: Results, *, paths: Mapping[str, str] | None = None,
                   data: str | None = None, flip: bool = True, folds: int = 10) -> list[Path]:
     """Write results.json, results.csv, results.md and roc_<target>.png into `out_dir`; return the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir)
     paths = dict(paths or {})
     written = []
     for name, text in (
@@ -196,12 +182,12 @@ def write_reports(out_dir: str | Path, results: Results, *, paths: Mapping[str, 
         ("results.csv", to_csv(results, paths=paths)),
         ("results.md", to_markdown(results, flip=flip, folds=folds)),
     ):
-        write_atomic(out / name, text)
+        write_text(out / name, text)
         written.append(out / name)
     for target in _targets_of(results):
         per_checkpoint = {name: per[target] for name, per in results.items() if target in per}
         png = out / f"roc_{_safe(target)}.png"
-        write_atomic(png, roc_png(target, per_checkpoint))
+        write_bytes(png, roc_png(target, per_checkpoint))
         written.append(png)
     return written
 

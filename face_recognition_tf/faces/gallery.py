@@ -10,13 +10,12 @@ It is a plain `.npz` (no pickles), written atomically.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from face_recognition_tf.atomic import atomic_file
 from face_recognition_tf.errors import DatasetError, FaceRecognitionError
 
 GALLERY_FORMAT = 1
@@ -115,28 +114,23 @@ class Gallery:
         return [Match(self.names[i], float(scores[i]), bool(scores[i] >= threshold)) for i in order]
 
     def save(self, path) -> Path:
-        """Write the gallery as `.npz` (atomically: a temporary file renamed into place)."""
+        """Write the gallery as `.npz` through `atomic.atomic_file`: a temporary file renamed into place
+        (never half-written), with the mode the user's umask gives; a place that cannot be written is an
+        `OutputError` naming it."""
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    format=np.int64(GALLERY_FORMAT),
-                    names=np.asarray(self.names, dtype=str),
-                    embeddings=self.embeddings,
-                    labels=self.labels,
-                    sources=np.asarray(self.sources, dtype=str),
-                    model=np.asarray(self.model, dtype=str),
-                    flip=np.bool_(self.flip),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path, "wb") as handle:
+            np.savez(
+                handle,
+                format=np.int64(GALLERY_FORMAT),
+                names=np.asarray(self.names, dtype=str),
+                embeddings=self.embeddings,
+                labels=self.labels,
+                sources=np.asarray(self.sources, dtype=str),
+                model=np.asarray(self.model, dtype=str),
+                flip=np.bool_(self.flip),
+            )
         return path
 
     @classmethod
