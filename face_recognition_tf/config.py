@@ -13,7 +13,6 @@ files.  `data.num_classes` is never typed by hand: the trainer fills it from the
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -350,9 +349,6 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config atomically (a half-written config.yaml would break resume)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(to_yaml(cfg))
-    os.replace(tmp, path)
+    from face_recognition_tf import atomic
+
+    atomic.write_text(path, to_yaml(cfg))

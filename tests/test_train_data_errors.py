@@ -125,3 +125,16 @@ def test_skip_corrupt_leaves_the_record_out_and_says_so(dataset, tmp_path, capsy
     assert summary["step"] == 20
     out = capsys.readouterr()
     assert f"leaving out 1 record(s) of 36 whose image does not decode: {shard} record 5" in out.out + out.err
+
+
+def test_run_folder_files_follow_the_umask(dataset, tmp_path):
+    """Results and configs were written 0600 (mkstemp): a colleague could not read a shared run."""
+    old = os.umask(0o027)
+    try:
+        run = tmp_path / "run"
+        _trainer(dataset, run, "train.max_steps=1", "validation.every_steps=1").prepare().train()
+    finally:
+        os.umask(old)
+    for name in ("config.yaml", "backbone.json", "head.json", "embedding.keras", "best/best.json",
+                 "best/embedding.keras"):
+        assert (run / name).stat().st_mode & 0o777 == 0o640, name

@@ -98,6 +98,28 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
+@contextlib.contextmanager
+def op_determinism(enabled: bool):
+    """TensorFlow's op determinism for the duration of a run, then back to what it was.
+
+    `data.deterministic: true` asks for a run that repeats: the same batches (tf.data) and, with this,
+    deterministic kernels where TensorFlow has them (cuDNN's deterministic algorithms on a GPU, no
+    atomics in segment sums).  The switch is process-wide, so it is restored afterwards: a later
+    non-deterministic run in the same process keeps its faster kernels.  What this does not make
+    bit-exact on a CPU is described in docs/design-notes.md ("Reproducibility").
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    if enabled and not before:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not before:
+            tf_config.disable_op_determinism()
+
+
 def _all_reduce_done_by_trainer(grads_and_vars):
     return list(grads_and_vars)
 
@@ -464,7 +486,8 @@ class Trainer:
         if self.step_fn is None:
             self.prepare()
         try:
-            return self._train()
+            with op_determinism(bool(self.cfg.data.deterministic)):
+                return self._train()
         except DatasetError:
             self._forget_failed_new_run()
             raise
