@@ -27,6 +27,7 @@ COMMANDS = {
     "verify": ("face_recognition_tf.inference_cli", "say whether two photos show the same person"),
     "identify": ("face_recognition_tf.inference_cli", "find who is in a photo among a gallery of known people"),
     "export": ("face_recognition_tf.export", "export the embedding model as SavedModel, TFLite or ONNX"),
+    "import": ("face_recognition_tf.pretrained.cli", "import an insightface ONNX or PyTorch model as a model folder"),
 }
 # commands that never import TensorFlow: no need to pay for it up front
 WITHOUT_TENSORFLOW = {"convert", "sample", "make-pairs"}

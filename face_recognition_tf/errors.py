@@ -24,3 +24,8 @@ class CheckpointError(FaceRecognitionError):
 
 class OutputError(FaceRecognitionError, OSError):
     """An output cannot be written (read-only file system, a file where a folder must go, ...)."""
+
+
+class PretrainedModelError(FaceRecognitionError):
+    """A pretrained model file to import (ONNX, PyTorch state dict) is unreadable, unsafe, or not an
+    architecture this package can rebuild."""

@@ -32,6 +32,9 @@ from face_recognition_tf.atomic import check_writable_dir, dir_mode, replace_pat
 from face_recognition_tf.errors import CheckpointError, ConfigError, FaceRecognitionError, OutputError
 
 FORMATS = ("savedmodel", "tflite", "onnx")
+# "ours": the contract above; "insightface": ONNX as insightface's model zoo loads a recognition model
+# (input `data` float32 (N, 3, H, W) raw RGB pixels, normalisation inside the graph; pretrained/onnx_writer.py)
+LAYOUTS = ("ours", "insightface")
 QUANTIZATIONS = ("none", "float16", "dynamic")
 INPUT_NAME, OUTPUT_NAME = "images", "embedding"
 ONNX_INSTALL_HINT = "pip install 'face_recognition_tf[onnx]' (installs tf2onnx and onnx)"
@@ -189,7 +192,7 @@ def _apply_umask_to_folders(root: Path) -> None:
         os.chmod(folder, mode)
 
 
-def check_request(out, format: str | None, quantize: str, overwrite: bool) -> str:
+def check_request(out, format: str | None, quantize: str, overwrite: bool, layout: str = "ours") -> str:
     """Refuse an impossible export before any slow work (loading the model); returns the format.
 
     Checks that OUT and `format` agree (see `output_format`), that the quantization applies, that OUT
@@ -201,10 +204,19 @@ def check_request(out, format: str | None, quantize: str, overwrite: bool) -> st
         raise ConfigError(f"unknown quantization {quantize!r}; choose from {', '.join(QUANTIZATIONS)}")
     if quantize != "none" and format != "tflite":
         raise ConfigError(f"--quantize applies to TFLite exports only (format is {format})")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown export layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    if layout == "insightface" and format != "onnx":
+        raise ConfigError(f"--layout insightface is an ONNX layout; OUT must be NAME.onnx (got a {format} export)")
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
     check_writable_dir(out.parent)
-    if format == "onnx":
+    if layout == "insightface":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise FaceRecognitionError(f"ONNX export needs onnx, which is not installed: {ONNX_INSTALL_HINT}") from None
+    elif format == "onnx":
         try:
             import tf2onnx  # noqa: F401
         except ImportError:
@@ -213,9 +225,9 @@ def check_request(out, format: str | None, quantize: str, overwrite: bool) -> st
 
 
 def export_model(model, out, format: str | None = None, *, quantize: str = "none", opset: int = 17,
-                 l2_normalize: bool = False, overwrite: bool = False) -> Path:
+                 l2_normalize: bool = False, overwrite: bool = False, layout: str = "ours") -> Path:
     """Export an embedding model (a path `model_io` loads, or a Keras model) to `out`; returns `out`."""
-    format = check_request(out, format, quantize, overwrite)
+    format = check_request(out, format, quantize, overwrite, layout)
     out = Path(out)
     if isinstance(model, (str, Path)):
         from face_recognition_tf.model_io import load_embedding_model
@@ -232,7 +244,17 @@ def export_model(model, out, format: str | None = None, *, quantize: str = "none
             _apply_umask_to_folders(saved)
             replace_path(saved, out, overwrite=overwrite)
         else:
-            data = _tflite_bytes(saved, quantize) if format == "tflite" else _onnx_bytes(serve, image_size, opset)
+            if layout == "insightface":
+                if not hasattr(model, "layers"):
+                    raise FaceRecognitionError("--layout insightface needs a Keras model (a run, checkpoint, "
+                                               ".keras file or imported model folder), not a SavedModel")
+                from face_recognition_tf.pretrained.onnx_writer import graph_bytes
+
+                data = graph_bytes(model, opset=opset, l2_normalize=l2_normalize)
+            elif format == "tflite":
+                data = _tflite_bytes(saved, quantize)
+            else:
+                data = _onnx_bytes(serve, image_size, opset)
             tmp_file = work / "model.bin"
             tmp_file.write_bytes(data)  # a new file: 0666 less the umask, as the user expects
             replace_path(tmp_file, out, overwrite=overwrite)
@@ -259,7 +281,12 @@ def run_exported(path, images: np.ndarray, format: str | None = None) -> np.ndar
     except ImportError:
         raise FaceRecognitionError("checking an ONNX export needs onnxruntime (pip install onnxruntime)") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: images})[0])
+    graph_input = session.get_inputs()[0]
+    if graph_input.shape[1] == 3:  # insightface layout: raw RGB pixels, channels first
+        from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
+
+        images = (images * MODEL_INPUT_STD + MODEL_INPUT_MEAN).transpose(0, 3, 1, 2)
+    return np.asarray(session.run(None, {graph_input.name: images})[0])
 
 
 def check_export(model, path, format: str | None = None, *, batch: int = 4, seed: int = 0,
@@ -288,10 +315,11 @@ def check_export(model, path, format: str | None = None, *, batch: int = 4, seed
 
 def configure_parser(parser) -> None:
     parser.description = (
-        "Export the embedding model. Input `images` float32 (N,112,112,3) RGB normalised as (x-127.5)/128; "
-        "output `embedding` float32 (N,D)."
+        "Export the embedding model. Input `images` float32 (N,112,112,3) RGB normalised as (x-127.5)/128 "
+        "(or, with --layout insightface, `data` (N,3,112,112) raw RGB pixels); output `embedding` float32 (N,D)."
     )
-    parser.add_argument("model", metavar="MODEL", help="run folder, checkpoint prefix, .keras file or SavedModel folder")
+    parser.add_argument("model", metavar="MODEL",
+                        help="run folder, imported model folder, checkpoint prefix, .keras file or SavedModel folder")
     parser.add_argument("out", metavar="OUT",
                         help="a folder name without suffix (SavedModel), NAME.tflite or NAME.onnx")
     parser.add_argument("--format", choices=FORMATS,
@@ -299,6 +327,9 @@ def configure_parser(parser) -> None:
                              "onnx: NAME.onnx, savedmodel: a folder name without suffix)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
                         help="TFLite only: float16 halves the file, dynamic stores int8 weights (default none)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="ours",
+                        help="ONNX only: 'insightface' writes what insightface's model zoo loads (input 'data' "
+                             "float32 (N,3,H,W) raw RGB pixels, the model's normalisation inside the graph)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--l2-normalize", action="store_true", help="normalise the embedding inside the exported graph")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -308,13 +339,19 @@ def configure_parser(parser) -> None:
 def run(args) -> int:
     from face_recognition_tf.model_io import load_embedding_model
 
-    format = check_request(args.out, args.format, args.quantize, args.overwrite)
+    format = check_request(args.out, args.format, args.quantize, args.overwrite, args.layout)
     model = load_embedding_model(args.model)
     out = export_model(model, args.out, format, quantize=args.quantize, opset=args.opset,
-                       l2_normalize=args.l2_normalize, overwrite=args.overwrite)
+                       l2_normalize=args.l2_normalize, overwrite=args.overwrite, layout=args.layout)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
-    print(f"wrote {format} export to {out} ({size / 1e6:.1f} MB): input '{INPUT_NAME}' float32 "
-          f"(N,{_image_size(model)},{_image_size(model)},3), output '{OUTPUT_NAME}'")
+    side = _image_size(model)
+    if args.layout == "insightface":
+        from face_recognition_tf.pretrained.onnx_writer import INPUT_NAME as DATA
+
+        shape = f"input '{DATA}' float32 (N,3,{side},{side}) raw RGB pixels"
+    else:
+        shape = f"input '{INPUT_NAME}' float32 (N,{side},{side},3)"
+    print(f"wrote {format} export to {out} ({size / 1e6:.1f} MB): {shape}, output '{OUTPUT_NAME}'")
     if not args.no_check:
         try:
             diff = check_export(model, out, format, l2_normalize=args.l2_normalize)

@@ -1,7 +1,8 @@
 """Find and load embedding models, whatever form the user points at.
 
 People evaluate and use models in several forms: a training run folder, one checkpoint of it, the
-final or best `.keras` file, or an exported SavedModel.  This module turns any of those into a callable
+final or best `.keras` file, a model folder written by `frtf import` (`backbone.json` + `embedding.keras`,
+the same shape as a run folder), or an exported SavedModel.  This module turns any of those into a callable
 embedding model `(B, 112, 112, 3) float32 -> (B, D)`, so evaluation, inference and fine-tuning share
 one loader.  A checkpoint holds weights only; the architecture is rebuilt from the run's
 `backbone.json` (the exact `build_backbone` arguments the trainer wrote), which keeps checkpoints
@@ -23,6 +24,7 @@ from face_recognition_tf.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
 BACKBONE_SPEC = "backbone.json"
+FINAL_MODEL = "embedding.keras"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.index$")
 
 
@@ -61,9 +63,12 @@ def expand_model_paths(paths: list[str]) -> list[str]:
                 continue
             if is_run_folder(path):
                 checkpoints = list_checkpoints(path)
-                if not checkpoints:
+                if checkpoints:
+                    expanded.extend(str(c) for c in checkpoints)
+                elif (path / FINAL_MODEL).is_file():  # an imported model folder, or a run's final model
+                    expanded.append(str(path))
+                else:
                     raise CheckpointError(f"{path}: run folder holds no checkpoint in {CHECKPOINT_DIR}/")
-                expanded.extend(str(c) for c in checkpoints)
             elif _exists(path):
                 expanded.append(str(path))
             else:
@@ -101,7 +106,7 @@ def load_embedding_model(path: str | Path):
         checkpoints = list_checkpoints(path)
         if checkpoints:
             return _load_checkpoint(checkpoints[-1])
-        final = path / "embedding.keras"
+        final = path / FINAL_MODEL
         if final.is_file():
             return _load_keras_file(final)
         raise CheckpointError(f"{path}: run folder holds neither checkpoints nor embedding.keras")

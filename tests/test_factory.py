@@ -21,7 +21,7 @@ from face_recognition_tf.models import (
 
 
 def test_names():
-    assert backbone_names() == ["mobilefacenet", "r100", "r18", "r34", "r50"]
+    assert backbone_names() == ["mbf_large", "mobilefacenet", "r100", "r18", "r200", "r34", "r50"]
     assert head_names() == ["arcface", "combined", "cosface", "softmax", "sphereface"]
 
 
@@ -54,7 +54,7 @@ def test_backbone_name_is_configurable():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"name": "resnet50"}, "unknown backbone 'resnet50'; choose one of mobilefacenet, r100"),
+        ({"name": "resnet50"}, "unknown backbone 'resnet50'; choose one of mbf_large, mobilefacenet, r100"),
         ({"normalization": "layer"}, "unknown normalization 'layer'"),
         ({"embedding_size": 0}, "embedding_size"),
         ({"dropout": 1.0}, "dropout"),

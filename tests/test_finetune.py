@@ -73,11 +73,29 @@ def test_first_layers_frozen_rest_trained(source, tmp_path):
     assert any(not np.array_equal(w.numpy(), before[id(w)]) for w in backbone.trainable_weights)
 
 
+def test_the_starting_models_architecture_wins_over_the_config(source, tmp_path, capsys):
+    """A run (or an imported model folder) carries its architecture: fine-tuning rebuilds that one,
+    says what it changed, and saves it as the new run's architecture."""
+    import json
+
+    trainer = _finetune(source, tmp_path, "model.width_multiplier=0.25", "model.embedding_size=32")
+    assert "model.width_multiplier 0.25 -> 0.125" in capsys.readouterr().out
+    saved = json.loads((source[0] / "backbone.json").read_text())
+    written = json.loads((tmp_path / "ft" / "backbone.json").read_text())
+    assert written == saved
+    assert trainer.step_fn.head.get_weights()[0].shape == (16, 5)
+
+
 def test_wrong_architecture_and_missing_init_are_clear_errors(source, tmp_path):
+    # a bare .keras file carries no backbone.json: the config must describe it
+    keras_file = tmp_path / "pretrained.keras"
+    from face_recognition_tf.model_io import load_embedding_model
+
+    load_embedding_model(source[0]).save(keras_file)
     with pytest.raises(CheckpointError, match="another architecture"):
-        _finetune(source, tmp_path, "model.width_multiplier=0.25")
+        _finetune((keras_file, source[1]), tmp_path, "model.width_multiplier=0.25")
     with pytest.raises(CheckpointError, match="another architecture"):
-        _finetune(source, tmp_path, "model.embedding_size=32")
+        _finetune((keras_file, source[1]), tmp_path, "model.embedding_size=32")
     cfg = load_config("quickstart", SMALL + ["finetune.freeze=all_but_head"])
     with pytest.raises(ConfigError, match="finetune.init"):
         Trainer(cfg, make_strategy("default"), data_dir=source[1], run_dir=tmp_path / "x").prepare()

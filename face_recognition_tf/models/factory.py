@@ -26,7 +26,14 @@ import keras
 from face_recognition_tf.errors import ConfigError
 from face_recognition_tf.models import heads as _heads
 from face_recognition_tf.models.iresnet import IRESNET_LAYERS, build_iresnet
-from face_recognition_tf.models.mobilefacenet import build_mobilefacenet
+from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD, is_standard
+from face_recognition_tf.models.mobilefacenet import (
+    MBF_BLOCKS,
+    MBF_LARGE_BLOCKS,
+    MBF_LARGE_SCALE,
+    MBF_SCALE,
+    build_mobilefacenet,
+)
 from face_recognition_tf.models.normalization import NORMALIZATIONS, NormFactory
 
 _BACKBONES: dict[str, Callable[..., keras.Model]] = {}
@@ -35,7 +42,10 @@ _HEADS: dict[str, Callable[..., keras.layers.Layer]] = {}
 
 def register_backbone(name: str):
     """Decorator registering ``fn(embedding_size, *, norm, input_shape, dropout, width_multiplier,
-    weight_decay, name) -> keras.Model`` under ``name``."""
+    weight_decay, input_mean, input_std, name, **options) -> keras.Model`` under ``name``.
+
+    ``options`` are the architecture's own settings (MobileFaceNet's ``blocks`` and ``scale``); a
+    builder that takes none rejects them."""
 
     def decorate(fn):
         if name in _BACKBONES:
@@ -81,9 +91,17 @@ for _arch in IRESNET_LAYERS:
 
 
 @register_backbone("mobilefacenet")
-def _mobilefacenet(embedding_size, **kwargs):
+def _mobilefacenet(embedding_size, *, blocks=MBF_BLOCKS, scale=MBF_SCALE, **kwargs):
+    """insightface's ``mbf``: blocks (1, 4, 6, 2), scale 2, unless given."""
     kwargs["name"] = kwargs.get("name") or "mobilefacenet"
-    return build_mobilefacenet(embedding_size, **kwargs)
+    return build_mobilefacenet(embedding_size, blocks=blocks, scale=scale, **kwargs)
+
+
+@register_backbone("mbf_large")
+def _mbf_large(embedding_size, *, blocks=MBF_LARGE_BLOCKS, scale=MBF_LARGE_SCALE, **kwargs):
+    """insightface's ``mbf_large``: MobileFaceNet with blocks (2, 8, 12, 4), scale 4."""
+    kwargs["name"] = kwargs.get("name") or "mobilefacenet_large"
+    return build_mobilefacenet(embedding_size, blocks=blocks, scale=scale, **kwargs)
 
 
 def _check(condition, message):
@@ -105,12 +123,19 @@ def build_backbone(
     renorm_clipping: dict | None = None,
     renorm_momentum: float = 0.99,
     groups: int = 32,
+    input_mean=MODEL_INPUT_MEAN,
+    input_std=MODEL_INPUT_STD,
     model_name: str | None = None,
+    **options,
 ) -> keras.Model:
     """Embedding model: float32 images ``(x - 127.5) / 128`` (RGB, NHWC) -> (B, embedding_size) float32.
 
     Built under whatever mixed-precision policy is global; the output is always float32.
     ``groups`` (group norm) is clamped per layer to the largest divisor of its channel count.
+    ``input_mean`` / ``input_std``: the normalisation the weights were trained on, when it is not
+    ours (imported insightface models: 127.5 / 127.5); the model then converts its input itself
+    (models/input_normalization.py).  ``options``: the architecture's own settings, e.g.
+    MobileFaceNet's ``blocks`` and ``scale``.
     """
     _check(name in _BACKBONES, f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}")
     _check(normalization in NORMALIZATIONS,
@@ -137,15 +162,29 @@ def build_backbone(
     rc = norm.renorm_clipping
     _check(rc["rmin"] <= 1.0 <= rc["rmax"] and rc["dmax"] >= 0,
            f"renorm_clipping needs rmin <= 1 <= rmax and dmax >= 0, got {rc}")
-    return _BACKBONES[name](
-        int(embedding_size),
-        norm=norm,
-        input_shape=tuple(int(d) for d in shape),
-        dropout=float(dropout),
-        width_multiplier=float(width_multiplier),
-        weight_decay=float(weight_decay),
-        name=model_name,
-    )
+    builder = _BACKBONES[name]
+    accepted = inspect.signature(builder).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
+    unknown = sorted(k for k in options if k not in accepted)  # a builder names the options it takes
+    _check(not unknown, f"backbone {name!r} takes no option {', '.join(unknown)}")
+    if takes_any or "input_mean" in accepted:
+        options.update(input_mean=input_mean, input_std=input_std)
+    else:  # a builder registered before models carried their normalisation
+        _check(is_standard(input_mean, input_std),
+               f"backbone {name!r} cannot take another input normalisation (input_mean / input_std)")
+    try:
+        return builder(
+            int(embedding_size),
+            norm=norm,
+            input_shape=tuple(int(d) for d in shape),
+            dropout=float(dropout),
+            width_multiplier=float(width_multiplier),
+            weight_decay=float(weight_decay),
+            name=model_name,
+            **options,
+        )
+    except ValueError as err:
+        raise ConfigError(f"backbone {name!r}: {err}") from err
 
 
 @register_head("arcface")

@@ -5,7 +5,7 @@ and (after transposing tensors) pretrained weights carry over:
 
 * stem: conv3x3 stride 1, 64 -> BN -> PReLU (112x112 stays 112x112);
 * four stages of widths 64/128/256/512 with [2,2,2,2] (r18), [3,4,6,3] (r34), [3,4,14,3] (r50),
-  [3,13,30,3] (r100) blocks; **every** stage starts with stride 2 and a 1x1 conv + BN shortcut
+  [3,13,30,3] (r100), [6,26,60,6] (r200) blocks; **every** stage starts with stride 2 and a 1x1 conv + BN shortcut
   (112 -> 56 -> 28 -> 14 -> 7);
 * block: BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride) -> BN, added to the shortcut, no
   activation after the add;
@@ -31,6 +31,7 @@ from face_recognition_tf.models.layers import (
     prelu,
     torch_linear_bias_initializer,
 )
+from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD, image_input
 from face_recognition_tf.models.normalization import NormFactory
 
 IRESNET_LAYERS = {
@@ -38,6 +39,7 @@ IRESNET_LAYERS = {
     "r34": (3, 4, 6, 3),
     "r50": (3, 4, 14, 3),
     "r100": (3, 13, 30, 3),
+    "r200": (6, 26, 60, 6),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
 
@@ -71,14 +73,16 @@ def build_iresnet(
     dropout: float = 0.0,
     width_multiplier: float = 1.0,
     weight_decay: float = 0.0,
+    input_mean=MODEL_INPUT_MEAN,
+    input_std=MODEL_INPUT_STD,
     name: str = "iresnet",
 ) -> keras.Model:
     """Functional IR-ResNet mapping normalised RGB images to (B, embedding_size) float32."""
     widths = [make_divisible(w * width_multiplier) for w in STAGE_WIDTHS]
     stem = make_divisible(64 * width_multiplier)
 
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = conv(inputs, stem, 3, 1, "stem_conv", weight_decay=weight_decay, initializer=CONV_INIT)
+    inputs, x = image_input(input_shape, input_mean, input_std)
+    x = conv(x, stem, 3, 1, "stem_conv", weight_decay=weight_decay, initializer=CONV_INIT)
     x = norm(stem, "stem_bn")(x)
     x = prelu(x, "stem_prelu")
 

@@ -1,14 +1,17 @@
 """MobileFaceNet as in insightface's arcface_torch ``mobilefacenet.py`` (``get_mbf``).
 
-Defaults reproduce ``get_mbf(blocks=(1, 4, 6, 2), scale=2)``: a stride-2 stem at 128 channels, a
-grouped 3x3 conv (64 groups), four depthwise stages (bottlenecks: 1x1 expand -> depthwise 3x3 ->
-linear 1x1, residual when the shape is kept), a 1x1 conv to 512, then the global depthwise conv
+Defaults reproduce ``get_mbf(blocks=(1, 4, 6, 2), scale=2)``: a stride-2 stem at ``64 * scale``
+channels, then a grouped 3x3 conv (64 groups) when ``blocks[0] == 1`` or ``blocks[0]`` residual
+depthwise units otherwise (``get_mbf_large``: blocks (2, 8, 12, 4), scale 4), then three depthwise
+stages (bottlenecks: 1x1 expand -> depthwise 3x3 -> linear 1x1, residual when the shape is kept), a 1x1 conv to 512, then the global depthwise conv
 (GDC: depthwise 7x7 -> BN -> flatten -> dense without bias -> BN) to the embedding.
 
 ``width_multiplier`` scales every channel count (rounded to multiples of 8, the stem's grouped
 conv keeping two channels per group).  ``dropout`` (insightface has none) sits before the GDC
 dense layer, where the IR-ResNets put theirs.  Initialisation is arcface_torch's:
-kaiming-normal, fan-out, for convolutions and the dense layer.
+kaiming-normal, fan-out, for convolutions and the dense layer.  PyTorch counts a depthwise kernel
+``(C, 1, kh, kw)``'s fan-out as ``C * kh * kw``; Keras stores it as ``(kh, kw, C, 1)`` and would count
+``kh * kw``, a std sqrt(C) (11x for 128 channels) too large, so depthwise kernels scale by 1/C.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from face_recognition_tf.models.layers import (
     make_divisible,
     prelu,
 )
+from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD, image_input
 from face_recognition_tf.models.normalization import NormFactory
 
 MBF_BLOCKS = (1, 4, 6, 2)
 MBF_SCALE = 2
+MBF_LARGE_BLOCKS = (2, 8, 12, 4)
+MBF_LARGE_SCALE = 4
 
 # nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
 KAIMING_FAN_OUT = {
@@ -39,8 +45,10 @@ def _conv_block(x, filters, kernel, stride, name, norm, wd, *, groups=1, linear=
     """Conv -> BN (-> PReLU unless linear): arcface_torch's ConvBlock / LinearBlock."""
     in_channels = int(x.shape[-1])
     if groups == in_channels == filters and groups > 1:
+        initializer = {"class_name": "VarianceScaling",
+                       "config": {**KAIMING_FAN_OUT["config"], "scale": 2.0 / in_channels}}
         x = depthwise_conv(x, kernel, stride, f"{name}_conv", weight_decay=wd,
-                           initializer=KAIMING_FAN_OUT, padding=padding)
+                           initializer=initializer, padding=padding)
     else:
         x = conv(x, filters, kernel, stride, f"{name}_conv", weight_decay=wd,
                  initializer=KAIMING_FAN_OUT, groups=groups, padding=padding)
@@ -66,9 +74,16 @@ def build_mobilefacenet(
     weight_decay: float = 0.0,
     blocks=MBF_BLOCKS,
     scale: int = MBF_SCALE,
+    input_mean=MODEL_INPUT_MEAN,
+    input_std=MODEL_INPUT_STD,
     name: str = "mobilefacenet",
 ) -> keras.Model:
     """Functional MobileFaceNet mapping normalised RGB images to (B, embedding_size) float32."""
+    blocks = tuple(int(b) for b in blocks)
+    if len(blocks) != 4 or min(blocks) < 1 or int(scale) < 1:
+        raise ValueError(f"MobileFaceNet needs four block counts >= 1 and a scale >= 1, got blocks={blocks}, "
+                         f"scale={scale}")
+    scale = int(scale)
 
     def width(channels):
         return make_divisible(channels * width_multiplier)
@@ -78,10 +93,11 @@ def build_mobilefacenet(
     c512 = width(512)
     wd = weight_decay
 
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = _conv_block(inputs, c64, 3, 2, "stem", norm, wd)
+    inputs, x = image_input(input_shape, input_mean, input_std)
+    x = _conv_block(x, c64, 3, 2, "stem", norm, wd)
     if blocks[0] == 1:
-        x = _conv_block(x, c64, 3, 1, "stem_grouped", norm, wd, groups=max(1, c64 // 2))
+        # insightface: 64 groups whatever the scale (so `scale` channels per group)
+        x = _conv_block(x, c64, 3, 1, "stem_grouped", norm, wd, groups=max(1, c64 // scale))
     else:
         for i in range(blocks[0]):
             x = _depthwise(x, c64, e128, 1, f"stage0_block{i + 1}", norm, wd, residual=True)

@@ -145,8 +145,9 @@ class TrainStep:
         with strategy.scope():
             with dtype_policy(t.precision):
                 from face_recognition_tf.models import build_backbone, build_head
+                from face_recognition_tf.training.finetune import backbone_spec
 
-                spec = backbone_kwargs(cfg)
+                spec = backbone_spec(backbone_kwargs(cfg), cfg.finetune.init)
                 kwargs = {k: v for k, v in spec.items() if k != "name"}
                 kwargs["input_shape"] = tuple(kwargs["input_shape"])
                 self.backbone = build_backbone(spec["name"], **kwargs)
@@ -361,6 +362,10 @@ class Trainer:
         cfg = self.cfg
         if cfg.finetune.freeze != "none" and not cfg.finetune.init:
             raise ConfigError("finetune.freeze needs finetune.init=RUN_OR_MODEL (the trained model to start from)")
+        from face_recognition_tf.training.finetune import adopt_init_architecture
+
+        for change in adopt_init_architecture(cfg):
+            tqdm_write(f"finetune.init: keeping the starting model's architecture: {change}")
         manifest = read_manifest(self.data_dir)
         num_classes = int(manifest["num_classes"])
         if cfg.data.num_classes is not None and int(cfg.data.num_classes) != num_classes:
@@ -381,7 +386,9 @@ class Trainer:
         cfg.data.num_classes = num_classes
         cfg.data.dir = str(self.data_dir)
         self.num_images = int(manifest["num_images"])
-        self.backbone_spec = backbone_kwargs(cfg)
+        from face_recognition_tf.training.finetune import backbone_spec
+
+        self.backbone_spec = backbone_spec(backbone_kwargs(cfg), cfg.finetune.init)
         self.head_spec = head_kwargs(cfg, num_classes)
         self.exclude = self._scan_corrupt() if cfg.data.skip_corrupt else []
         existing = ck.has_checkpoint(self.run_dir)
