@@ -300,7 +300,9 @@ def check_export(model, path, format: str | None = None, *, batch: int = 4, seed
         model = load_embedding_model(model)
     size = _image_size(model)
     rng = np.random.default_rng(seed)
-    images = ((rng.integers(0, 256, (batch, size, size, 3)).astype(np.float32)) - 127.5) / 128.0
+    from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
+
+    images = (rng.integers(0, 256, (batch, size, size, 3)).astype(np.float32) - MODEL_INPUT_MEAN) / MODEL_INPUT_STD
     reference = model(tf.constant(images), training=False)
     if isinstance(reference, dict):
         reference = next(iter(reference.values()))

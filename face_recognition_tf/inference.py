@@ -23,6 +23,7 @@ from face_recognition_tf.errors import FaceRecognitionError
 from face_recognition_tf.faces.align import align_face
 from face_recognition_tf.faces.detect import Face, FaceDetector, NoFaceError, load_rgb
 from face_recognition_tf.faces.gallery import Gallery, Match, l2_normalize
+from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 
 # Cosine similarity above which two faces are called the same person.  0.3 (squared L2 distance 1.4
 # between normalised embeddings) is near the LFW best threshold of ArcFace-trained IR-ResNets; your
@@ -232,7 +233,7 @@ class FaceRecognizer:
         forward = self._model_forward()
         chunks = []
         for start in range(0, len(crops), self.batch_size):
-            batch = (crops[start:start + self.batch_size].astype(np.float32) - 127.5) / 128.0
+            batch = (crops[start:start + self.batch_size].astype(np.float32) - MODEL_INPUT_MEAN) / MODEL_INPUT_STD
             if self.flip:  # one pass over image and mirror, summed (insightface)
                 both = np.asarray(forward(np.concatenate([batch, batch[:, :, ::-1]])))
                 chunks.append(both[: len(batch)] + both[len(batch):])

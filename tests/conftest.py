@@ -15,6 +15,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def pytest_configure(config):
+    if os.environ.get("FRTF_REQUIRE_TORCH"):
+        # CI: the tests that build insightface reference models in PyTorch must run, not skip
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise pytest.UsageError("FRTF_REQUIRE_TORCH is set but torch is not installed (make test installs it)")
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return  # the pytest-xdist controller only hands out tests; its workers run them (and TensorFlow)
     import tensorflow as tf

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from face_recognition_tf.errors import ConfigError
+from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 
 DEFAULTS = {"flip": True, "color_jitter": 0.0, "grayscale": 0.0, "blur": 0.0, "rotation": 0.0, "crop": 0.0}
 _LIMITS = {"color_jitter": (0.0, 1.0), "grayscale": (0.0, 1.0), "blur": (0.0, 1.0), "rotation": (0.0, 45.0),
@@ -105,4 +106,5 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, options: dict) -> tf.Tenso
 
     if options["color_jitter"] > 0 or options["rotation"] > 0 or options["crop"] > 0:
         images = tf.clip_by_value(images, 0.0, 255.0)
-    return images * (1.0 / 128.0) - (127.5 / 128.0)  # == (x - 127.5) / 128 exactly for 8-bit x
+    # == (x - 127.5) / 128 exactly for 8-bit x
+    return images * (1.0 / MODEL_INPUT_STD) - (MODEL_INPUT_MEAN / MODEL_INPUT_STD)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from face_recognition_tf.data import augment as augment_lib
 from face_recognition_tf.data.tfrecord import IMAGE_KEY, LABEL_KEY, read_manifest
 from face_recognition_tf.errors import ConfigError
+from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 
 IMAGE_SIZE = (112, 112)
 _FEATURES = {
@@ -36,8 +37,9 @@ def decode_image(jpeg: tf.Tensor, image_size=IMAGE_SIZE) -> tf.Tensor:
 
 
 def normalize_images(images: tf.Tensor) -> tf.Tensor:
-    """uint8 (or float in [0, 255]) -> float32 (x - 127.5) / 128, the models' input."""
-    return (tf.cast(images, tf.float32) - 127.5) / 128.0
+    """uint8 (or float in [0, 255]) -> float32 (x - 127.5) / 128, the models' input (a model trained on
+    another normalisation converts it itself: models/input_normalization.py)."""
+    return (tf.cast(images, tf.float32) - MODEL_INPUT_MEAN) / MODEL_INPUT_STD
 
 
 def shard_files(data_dir) -> tuple[list[str], dict]:

@@ -86,8 +86,6 @@ def _graph_input_normalisation(fmt, facts, input_mean, input_std):
     """(what the file's input expects, what the whole model expects, where that came from)."""
     stated = input_mean is not None or input_std is not None
     inner = facts.get("normalisation") if fmt == "onnx" else None
-    if inner == "unusable":
-        inner = None
     if stated:
         outer = (INSIGHTFACE_MEAN if input_mean is None else input_mean,
                  INSIGHTFACE_STD if input_std is None else input_std)

@@ -265,6 +265,9 @@ def read_onnx(path: str | Path):
     if output is None:
         _fail(path, "the graph's output is not computed from its input")
     sequence, normalisation = _merge_affine(g, O.canonical_order(g.inputs, output))
+    if normalisation == "unusable":
+        _fail(path, "the graph's first operations scale its input by something other than a per-channel "
+                    "mean and std; it cannot be split into a normalisation and a model")
     facts["normalisation"] = normalisation
     facts["other"] = sorted(set(g.other))
     return sequence, facts
