@@ -28,9 +28,13 @@ COMMANDS = {
     "identify": ("face_recognition_tf.inference_cli", "find who is in a photo among a gallery of known people"),
     "export": ("face_recognition_tf.export", "export the embedding model as SavedModel, TFLite or ONNX"),
     "import": ("face_recognition_tf.pretrained.cli", "import an insightface ONNX or PyTorch model as a model folder"),
+    "align": ("face_recognition_tf.faces.align_cli", "detect and align the faces in a folder of identity sub-folders of photos"),
+    "split": ("face_recognition_tf.data.split", "split a folder of aligned identity sub-folders into train/val/test"),
+    "calibrate": ("face_recognition_tf.evaluation.calibrate", "find the threshold at a target false-accept rate and store it with the model"),
+    "report": ("face_recognition_tf.evaluation.identify_report", "identification and verification report on a gallery and probe folder"),
 }
 # commands that never import TensorFlow: no need to pay for it up front
-WITHOUT_TENSORFLOW = {"convert", "sample", "make-pairs"}
+WITHOUT_TENSORFLOW = {"convert", "sample", "make-pairs", "split"}
 VERBOSE_FLAG = "--verbose"
 
 

@@ -32,7 +32,7 @@ SCHEDULES = ("constant", "piecewise", "polynomial", "cosine_restarts")
 REGULARIZATION = ("l2", "decoupled")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "central_storage", "multi_worker")
-FREEZE = ("none", "first_layers", "all_but_head")
+FREEZE = ("none", "first_layers", "all_but_embedding", "all_but_head")
 
 
 @dataclass
@@ -102,6 +102,14 @@ class ScheduleConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    # validations without an improvement of the mean pair-set accuracy before the run stops; null = never
+    patience: Optional[int] = None
+    # an improvement must exceed this much accuracy
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     strategy: str = "default"
     # per-replica micro-batch; global batch = batch_size * replicas * accumulation_steps
@@ -130,6 +138,8 @@ class TrainConfig:
     skip_nonfinite: bool = False
     seed: int = 0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # stop when the validation mean has not improved for `patience` validations (needs .bin pair sets)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
@@ -158,9 +168,13 @@ class ValidationConfig:
 class FinetuneConfig:
     # run folder, checkpoint prefix or embedding .keras to start the backbone from (null = from scratch)
     init: Optional[str] = None
+    # none | first_layers | all_but_embedding (the layers after the last Flatten) | all_but_head
     freeze: str = "none"
-    # with freeze: first_layers, how many backbone layers (from the input) stay frozen
+    # with freeze: first_layers, how many backbone layers with weights (from the input) stay frozen
     freeze_layers: int = 0
+    # gradual unfreezing, a list of {step: S, layers: N or all}: from update S on, the last N backbone layers
+    # with weights (counted from the output side) train too; checked by training/finetune.py
+    unfreeze: List[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -235,6 +249,9 @@ def _merge_checked(schema: DictConfig, layer, source: str) -> DictConfig:
         if "not in struct" in msg or "Key '" in msg and "not" in msg:
             raise ConfigError(f"{source}: unknown key '{key}'" + _suggest(key)) from None
         raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+    except TypeError as exc:  # OmegaConf: a mapping given where a list is expected, or the reverse
+        raise ConfigError(f"{source}: a value has the wrong shape ({exc}: a list where a mapping is expected, "
+                          "or the reverse)") from None
 
 
 def _suggest(key: str) -> str:
@@ -260,6 +277,8 @@ def load_config(path_or_name: str | os.PathLike, overrides: list[str] | tuple[st
             layer = OmegaConf.from_dotlist([f"{key.strip()}={value}"])
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # yaml's parser errors: a flow list or mapping cut short, e.g. [{step: 2
+            raise ConfigError(f"override {item!r}: not valid YAML ({' '.join(str(exc).split()[:8])})") from None
         cfg = _merge_checked(cfg, layer, f"override {item!r}")
     validate(cfg, f"{path} with overrides {' '.join(overrides)}" if overrides else str(path))
     return cfg
@@ -298,6 +317,9 @@ def validate(cfg: DictConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'data.num_classes' comes from the manifest; remove it or make it positive")
     if cfg.finetune.freeze == "first_layers" and cfg.finetune.freeze_layers <= 0:
         raise ConfigError(f"{source}: 'finetune.freeze: first_layers' needs 'finetune.freeze_layers' > 0")
+    from face_recognition_tf.training.finetune import check_finetune_config
+
+    check_finetune_config(cfg, source)
 
 
 def _l2_factor(cfg: DictConfig) -> float:

@@ -79,7 +79,8 @@ def resolve_threshold(threshold: float | None = None, distance_threshold: float 
 
 
 def threshold_from_results(path, target: str | None = None, checkpoint: str | None = None) -> float:
-    """The cosine threshold `frtf evaluate` found, read from its results.json.
+    """The cosine threshold `frtf evaluate` found, read from its results.json (or `frtf calibrate`'s
+    threshold.json: its FAR threshold).
 
     `target` defaults to "lfw" when present (the usual operating point) or to the only target;
     `checkpoint` may be omitted when the file holds one.  Uses the entry's `cosine_threshold`, else
@@ -91,7 +92,12 @@ def threshold_from_results(path, target: str | None = None, checkpoint: str | No
 
     path = Path(path)
     try:
-        results = json.loads(path.read_text())["results"]
+        document = json.loads(path.read_text())
+        if isinstance(document, dict) and "cosine" in document and "results" not in document:
+            from face_recognition_tf.evaluation.calibrate import load_calibration  # `frtf calibrate`'s file
+
+            return float(load_calibration(path)["cosine"])
+        results = document["results"]
     except FileNotFoundError:
         raise DatasetError(f"{path}: results file not found") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -138,13 +144,21 @@ class FaceRecognizer:
             as in `frtf evaluate`, so thresholds from there apply).
         batch_size: crops per forward pass.
         threshold: default cosine threshold of `verify` and `identify`; or `distance_threshold`, the
-            squared-L2 best threshold `frtf evaluate` reports.
+            squared-L2 best threshold `frtf evaluate` reports.  Without either, the threshold `frtf
+            calibrate` stored with the model (for these exact weights) is used, else 0.3;
+            `threshold_source` says which (`use_calibration=False` skips the stored one).
         pick, min_face_size: passed to the MTCNN detector (which face to keep; smallest face searched).
     """
 
     def __init__(self, model, *, detector="mtcnn", flip: bool = True, batch_size: int = 32,
                  threshold: float | None = None, distance_threshold: float | None = None,
-                 pick: str = "largest", min_face_size: int = 20):
+                 pick: str = "largest", min_face_size: int = 20, use_calibration: bool = True):
+        from face_recognition_tf.evaluation.calibrate import choose_threshold
+
+        self.threshold, self.threshold_source, self.calibration, self.threshold_note = choose_threshold(
+            model, threshold, distance_threshold, use_calibration=use_calibration, flip=flip)
+        if self.threshold_note:
+            warnings.warn(self.threshold_note, stacklevel=2)
         if isinstance(model, (str, Path)):
             from face_recognition_tf.model_io import describe, load_embedding_model
 
@@ -164,7 +178,6 @@ class FaceRecognizer:
         self.detector = detector
         self.flip = bool(flip)
         self.batch_size = int(batch_size)
-        self.threshold = resolve_threshold(threshold, distance_threshold)
         self.image_size = _model_image_size(model)
         self._forward = None
 
@@ -335,7 +348,7 @@ class FaceRecognizer:
         `gallery.skipped`; a caller that reports them itself (the `frtf identify` command) passes
         False, so each photo is reported once.
         """
-        from face_recognition_tf.faces.detect import list_images
+        from face_recognition_tf.faces.images import identity_folders, list_images
 
         if isinstance(source, Mapping):
             people = {str(name): list(photos) if isinstance(photos, (list, tuple)) else [photos]
@@ -345,7 +358,7 @@ class FaceRecognizer:
             folder = Path(source)
             if not folder.is_dir():
                 raise FaceRecognitionError(f"{folder}: gallery folder not found")
-            people = {sub.name: list_images(sub) for sub in sorted(folder.iterdir()) if sub.is_dir()}
+            people = {sub.name: list_images(sub) for sub in identity_folders(folder)}
             label = str(folder)
             if not people:
                 raise FaceRecognitionError(f"{folder}: no identity sub-folders (expected {folder}/NAME/photo.jpg)")

@@ -49,12 +49,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     if command in ("verify", "identify"):
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--threshold", type=float,
-                           help="cosine-similarity threshold for SAME / a match (default 0.3)")
+                           help="cosine-similarity threshold for SAME / a match (default: the one `frtf calibrate` "
+                                "stored with the model, else 0.3)")
         group.add_argument("--distance-threshold", type=float,
                            help="threshold as a squared L2 distance between normalised embeddings, e.g. "
                                 "`threshold_mean` in `frtf evaluate`'s results.json (similarity = 1 - distance/2)")
         group.add_argument("--threshold-from", metavar="RESULTS_JSON",
-                           help="use the threshold `frtf evaluate` found (its results.json); see --target, --checkpoint")
+                           help="use the threshold `frtf evaluate` found (its results.json; see --target, "
+                                "--checkpoint) or a threshold.json from `frtf calibrate --out`")
         parser.add_argument("--target", help="with --threshold-from: the pair set whose threshold to use (default lfw)")
         parser.add_argument("--checkpoint", help="with --threshold-from: the checkpoint's name, if the file holds several")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -71,11 +73,33 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _recognizer(args):
+    import warnings
+
     from face_recognition_tf.inference import FaceRecognizer, threshold_from_results
 
     threshold = getattr(args, "threshold", None)
     if getattr(args, "threshold_from", None):
         threshold = threshold_from_results(args.threshold_from, args.target, args.checkpoint)
+    with warnings.catch_warnings(record=True) as caught:  # a stale calibration is said once, as a note line
+        warnings.simplefilter("always")
+        recognizer = _build_recognizer(FaceRecognizer, args, threshold)
+    for warning in caught:
+        if str(warning.message) != recognizer.threshold_note:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if getattr(args, "threshold_from", None):
+        recognizer.threshold_source = f"from {args.threshold_from}"
+    if recognizer.threshold_note:
+        name = getattr(args, "inference_command", None) or getattr(args, "command", "")
+        print(f"frtf {name}: note: {recognizer.threshold_note}", file=sys.stderr)
+    return recognizer
+
+
+def threshold_text(recognizer) -> str:
+    """'threshold 0.4120 (calibrated at FAR 0.001, RUN/threshold.json)': the value and where it came from."""
+    return f"threshold {recognizer.threshold:.4f} ({recognizer.threshold_source})"
+
+
+def _build_recognizer(FaceRecognizer, args, threshold):
     return FaceRecognizer(
         args.model,
         detector=None if args.aligned else "mtcnn",
@@ -172,10 +196,11 @@ def _run_verify(args) -> int:
     verdict = "SAME" if result.same else "DIFFERENT"
     if args.json:
         print(json.dumps({"a": args.image_a, "b": args.image_b, "similarity": result.similarity,
-                          "distance": result.distance, "threshold": result.threshold, "same": result.same}))
+                          "distance": result.distance, "threshold": result.threshold,
+                          "threshold_source": recognizer.threshold_source, "same": result.same}))
     else:
         print(f"similarity {result.similarity:.4f} (squared L2 distance {result.distance:.4f}), "
-              f"threshold {result.threshold:.4f}: {verdict}")
+              f"{threshold_text(recognizer)}: {verdict}")
     return 0
 
 
@@ -195,15 +220,16 @@ def _run_identify(args) -> int:
     matches = recognizer.identify(args.image, gallery, top_k=args.top_k, aligned=aligned)
     if args.json:
         print(json.dumps({"image": args.image, "threshold": recognizer.threshold,
+                          "threshold_source": recognizer.threshold_source,
                           "identity": matches[0].name if matches[0].accepted else None,
                           "matches": [{"name": m.name, "similarity": m.similarity, "accepted": m.accepted}
                                       for m in matches]}))
         return 0
     best = matches[0]
     if best.accepted:
-        print(f"{best.name} (similarity {best.similarity:.4f} >= threshold {recognizer.threshold:.4f})")
+        print(f"{best.name} (similarity {best.similarity:.4f} >= {threshold_text(recognizer)})")
     else:
-        print(f"UNKNOWN: no gallery identity reaches threshold {recognizer.threshold:.4f} "
+        print(f"UNKNOWN: no gallery identity reaches {threshold_text(recognizer)} "
               f"(closest: {best.name}, similarity {best.similarity:.4f})")
     width = max(len(m.name) for m in matches)
     for rank, match in enumerate(matches, 1):

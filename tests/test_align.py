@@ -7,6 +7,7 @@ import pytest
 
 from face_recognition_tf.errors import FaceRecognitionError
 from face_recognition_tf.faces import ARCFACE_TEMPLATE, align_face, estimate_transform, template_for_size, transform_points
+from face_recognition_tf.faces.align import umeyama
 
 
 def _similarity(scale, angle_deg, tx, ty):
@@ -59,6 +60,45 @@ def test_noisy_landmarks_give_the_least_squares_fit_over_all_five_points():
         landmarks = landmarks + rng.normal(0, 6.0, landmarks.shape).astype(np.float32)
         landmarks[rng.integers(5)] += 25.0  # one badly placed point: a robust fit would drop it, insightface does not
         np.testing.assert_allclose(estimate_transform(landmarks), _umeyama(landmarks, ARCFACE_TEMPLATE), atol=2e-4)
+
+
+def test_hand_checked_least_squares_fit():
+    # The template drawn at twice the size and moved by (10, 20): the answer is halve, then shift back.
+    landmarks = ARCFACE_TEMPLATE * 2.0 + np.array([10.0, 20.0], np.float32)
+    np.testing.assert_allclose(estimate_transform(landmarks), [[0.5, 0.0, -5.0], [0.0, 0.5, -10.0]], atol=1e-4)
+    # Worked by hand: the square (0,0) (2,0) (2,2) (0,2) with its (2,2) corner pulled out to (3,3), onto
+    # the unit square.  Centred src: (-1.25,-1.25) (0.75,-1.25) (1.75,1.75) (-1.25,0.75), variance
+    # 1.6875 per axis; centred dst: (+-0.5, +-0.5).  Covariance dst'src/4 = [[0.625, 0.125], [0.125,
+    # 0.625]]: symmetric positive definite, so no rotation; singular values 0.75 and 0.5, so scale =
+    # (0.75 + 0.5) / 3.375 = 10/27, and t = 0.5 - 10/27 * 1.25 = 1/27 on both axes.
+    src = [(0, 0), (2, 0), (3, 3), (0, 2)]
+    dst = [(0, 0), (1, 0), (1, 1), (0, 1)]
+    s, t = 10.0 / 27.0, 1.0 / 27.0
+    np.testing.assert_allclose(umeyama(src, dst), [[s, 0, t], [0, s, t], [0, 0, 1]], atol=1e-12)
+
+
+def test_mirrored_landmarks_get_a_rotation_never_a_reflection():
+    landmarks = transform_points(ARCFACE_TEMPLATE, _similarity(2.0, 10.0, 50, 40))
+    landmarks[:, 0] = 400 - landmarks[:, 0]  # a mirror image: the best reflection would fit exactly
+    matrix = estimate_transform(landmarks)
+    assert np.linalg.det(matrix[:, :2].astype(np.float64)) > 0
+    np.testing.assert_allclose(matrix, _umeyama(landmarks, ARCFACE_TEMPLATE), atol=2e-4)
+
+
+def test_matches_scikit_image_similarity_transform():
+    """insightface's own call: SimilarityTransform().estimate(landmarks, template); tform.params[0:2]."""
+    transform = pytest.importorskip("skimage.transform")
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        landmarks = transform_points(ARCFACE_TEMPLATE, _similarity(rng.uniform(0.5, 5), rng.uniform(-90, 90), 300, 200))
+        landmarks = landmarks + rng.normal(0, 4.0, landmarks.shape).astype(np.float32)
+        src, dst = landmarks.astype(np.float64), ARCFACE_TEMPLATE.astype(np.float64)
+        if hasattr(transform.SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+            tform = transform.SimilarityTransform.from_estimate(src, dst)
+        else:
+            tform = transform.SimilarityTransform()
+            tform.estimate(src, dst)
+        np.testing.assert_allclose(estimate_transform(landmarks), tform.params[0:2, :], atol=2e-4)
 
 
 def test_warp_moves_the_pixels_onto_the_template():

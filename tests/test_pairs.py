@@ -78,7 +78,7 @@ def test_seed_makes_it_reproducible(tmp_path):
 
 def test_max_same_per_identity(tmp_path):
     root = _people(tmp_path / "faces", [6, 2, 2])
-    info = make_pairs_from_folder(root, tmp_path / "p.bin", max_same_per_identity=4)
+    info = make_pairs_from_folder(root, tmp_path / "p.bin", max_same_per_identity=4, folds=2)
     assert info["same_pairs"] == 4 + 1 + 1 and info["different_pairs"] == 6
     with pytest.raises(ConfigError):
         make_pairs_from_folder(root, tmp_path / "q.bin", max_same_per_identity=0)
@@ -98,9 +98,9 @@ def test_wrong_size_is_refused_naming_the_file_unless_resize(tmp_path):
     root = _people(tmp_path / "faces", [2, 2])
     cv2.imwrite(str(root / "person_1" / "big.jpg"), _face(1, 9, size=150))
     with pytest.raises(DatasetError, match=r"big\.jpg: image is 150x150; expected an aligned 112x112"):
-        make_pairs_from_folder(root, tmp_path / "p.bin")
+        make_pairs_from_folder(root, tmp_path / "p.bin", folds=2)
     assert not (tmp_path / "p.bin").exists()
-    info = make_pairs_from_folder(root, tmp_path / "p.bin", resize=True)
+    info = make_pairs_from_folder(root, tmp_path / "p.bin", resize=True, folds=2)
     assert info["images"] == 5
     images, _ = load_bin(tmp_path / "p.bin")
     assert images.shape[1:] == (112, 112, 3)
@@ -118,13 +118,13 @@ def test_unusable_folders(tmp_path):
     broken = _people(tmp_path / "broken", [2, 2])
     (broken / "person_0" / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(DatasetError, match=r"bad\.jpg: not a readable image"):
-        make_pairs_from_folder(broken, tmp_path / "p.bin")
+        make_pairs_from_folder(broken, tmp_path / "p.bin", folds=2)
 
 
 def test_different_pairs_when_few_exist(tmp_path):
     # 2 people x 2 photos: 2 same pairs; 4 possible different pairs, 2 drawn without repeats
     root = _people(tmp_path / "faces", [2, 2])
-    info = make_pairs_from_folder(root, tmp_path / "p.bin")
+    info = make_pairs_from_folder(root, tmp_path / "p.bin", folds=2)
     assert info["same_pairs"] == 2 and info["different_pairs"] == 2
     jpegs, issame = pickle.loads((tmp_path / "p.bin").read_bytes())
     diff = [(jpegs[2 * k], jpegs[2 * k + 1]) for k in range(len(issame)) if not issame[k]]
@@ -133,10 +133,9 @@ def test_different_pairs_when_few_exist(tmp_path):
 
 def test_make_pairs_command(tmp_path, capsys):
     root = _people(tmp_path / "faces", [3, 2])
-    assert main(["make-pairs", str(root), str(tmp_path / "own.bin"), "--seed", "5"]) == 0
+    assert main(["make-pairs", str(root), str(tmp_path / "own.bin"), "--seed", "5", "--folds", "4"]) == 0
     out = capsys.readouterr()
     assert "wrote" in out.out and "8 pairs (4 same, 4 different)" in out.out
-    assert "fewer than the 10 folds" in out.err
     assert main(["make-pairs", str(tmp_path / "nope"), str(tmp_path / "x.bin")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("frtf make-pairs: error:") and "nope" in err[0]
@@ -144,5 +143,44 @@ def test_make_pairs_command(tmp_path, capsys):
 
 def test_pair_enumeration_covers_every_combination(tmp_path):
     root = _people(tmp_path / "faces", [4, 3])
-    info = make_pairs_from_folder(root, tmp_path / "p.bin")
+    info = make_pairs_from_folder(root, tmp_path / "p.bin", folds=2)
     assert info["same_pairs"] == len(list(itertools.combinations(range(4), 2))) + 3
+
+
+# ------------------------------------------------------------------ issue 10: counts, refusal, single photos
+def test_too_small_for_ten_folds_is_refused_with_the_counts(tmp_path, capsys):
+    root = _people(tmp_path / "faces", [3, 2])  # 4 same pairs: 10 folds cannot each hold a same pair
+    with pytest.raises(DatasetError, match=r"faces: could make only 4 same-person and 4 different-person pairs; "
+                                           r"10-fold evaluation needs at least 10 of each"):
+        make_pairs_from_folder(root, tmp_path / "p.bin")
+    assert not (tmp_path / "p.bin").exists()
+    assert main(["make-pairs", str(root), str(tmp_path / "p.bin")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("frtf make-pairs: error:") and "4 same-person" in err[0]
+    assert "--folds K" in err[0] and not (tmp_path / "p.bin").exists()
+    with pytest.raises(ConfigError, match="--folds 0"):
+        make_pairs_from_folder(root, tmp_path / "p.bin", folds=0)
+
+
+def test_every_fold_holds_both_kinds_when_counts_differ(tmp_path):
+    # 2 people, 7 and 2 photos: 21 + 1 same pairs but only 14 different pairs exist
+    root = _people(tmp_path / "faces", [7, 2])
+    info = make_pairs_from_folder(root, tmp_path / "p.bin")
+    assert info["same_pairs"] == 22 and info["different_pairs"] == 14
+    _, issame = load_bin(tmp_path / "p.bin")
+    from face_recognition_tf.evaluation import fold_sizes
+
+    bounds = np.cumsum([0, *fold_sizes(len(issame), 10)])
+    for a, b in zip(bounds, bounds[1:]):
+        assert issame[a:b].any() and not issame[a:b].all()
+
+
+def test_single_photo_people_are_named_and_left_out_of_same_pairs(tmp_path, capsys):
+    root = _people(tmp_path / "faces", [5, 4, 1, 1])  # 10 + 6 same pairs; person_2 and person_3 alone
+    info = make_pairs_from_folder(root, tmp_path / "p.bin")
+    assert info["single_photo_identities"] == ["person_2", "person_3"]
+    assert info["same_pairs"] == 16 and info["different_pairs"] == 16
+    assert main(["make-pairs", str(root), str(tmp_path / "q.bin")]) == 0
+    out = capsys.readouterr()
+    assert "32 pairs (16 same, 16 different)" in out.out
+    assert "2 person(s) with one photo left out of same-person pairs" in out.err and "person_2, person_3" in out.err

@@ -16,8 +16,12 @@ import numpy as np
 
 from face_recognition_tf.data.convert import _fingerprint_listing, run_conversion
 from face_recognition_tf.errors import DatasetError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from face_recognition_tf.faces.images import (  # the package's one reader
+    IMAGE_SUFFIXES,
+    decode_image,
+    identity_folders,
+    list_images,
+)
 JPEG_QUALITY = 95
 
 
@@ -38,9 +42,10 @@ class FolderSource:
 
         data = (self.root / rel).read_bytes()
         is_jpeg = data[:2] == b"\xff\xd8"
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            return None, "not a readable image"
+        try:
+            img = cv2.cvtColor(decode_image(data, rel).image, cv2.COLOR_RGB2BGR)
+        except DatasetError as exc:
+            return None, str(exc)[len(rel) + 2:]  # "not a readable image (...)", without the name
         h, w = self.image_size
         if img.shape[:2] != (h, w):
             if not self.resize:
@@ -77,13 +82,10 @@ class FolderSource:
 def _plan_folder(src_dir: Path, image_size, resize: bool):
     if not src_dir.is_dir():
         raise DatasetError(f"{src_dir}: no such folder of identity sub-folders")
-    classes = sorted(d.name for d in src_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [d.name for d in identity_folders(src_dir)]
     paths, labels, empty = [], [], []
     for label, name in enumerate(classes):
-        files = sorted(
-            os.path.join(name, f.name) for f in (src_dir / name).iterdir()
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = sorted(os.path.join(name, f.name) for f in list_images(src_dir / name, recursive=False))
         if not files:
             empty.append(name)
         paths.extend(files)

@@ -6,8 +6,12 @@ format, which `frtf evaluate --data` and the trainer's periodic validation then 
 
 * every same-person pair (optionally at most N per person, drawn with the seed, so one person with
   hundreds of photos does not dominate), and as many different-person pairs drawn with the seed;
-* same and different pairs alternate, so each of the 10 contiguous folds holds both kinds (the protocol
-  needs both in every fold to measure VAL and FAR);
+* same and different pairs are interleaved evenly (alternating when there are as many of each), so each
+  of the 10 contiguous folds holds both kinds (the protocol needs both in every fold to measure VAL and
+  FAR); a folder too small for that is refused, saying how many pairs of each kind it could give,
+  rather than written as a set whose accuracy would be computed on folds of one kind;
+* a person with a single photo has no same-person pair: it is named in a note (it still serves in
+  different-person pairs, and in galleries);
 * images must already be aligned 112x112 faces; anything else is refused with the file's name unless
   `--resize` is given.  JPEG files are stored byte for byte; other formats are encoded as JPEG.
 """
@@ -22,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from face_recognition_tf.errors import ConfigError, DatasetError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from face_recognition_tf.faces.images import IMAGE_SUFFIXES, decode_image, identity_folders  # the one reader
 IMAGE_SIZE = 112
 JPEG_QUALITY = 95
 
@@ -33,9 +36,7 @@ def _read_face(path: Path, resize: bool) -> tuple[bytes, bool, bool]:
     import cv2
 
     raw = path.read_bytes()
-    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"{path}: not a readable image")
+    image = cv2.cvtColor(decode_image(raw, str(path)).image, cv2.COLOR_RGB2BGR)
     height, width = image.shape[:2]
     resized = False
     if (height, width) != (IMAGE_SIZE, IMAGE_SIZE):
@@ -58,11 +59,10 @@ def _read_face(path: Path, resize: bool) -> tuple[bytes, bool, bool]:
 def _scan(folder: Path) -> tuple[list[tuple[str, list[Path]]], list[Path]]:
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder (expected one sub-folder of photos per person)")
-    identities, ignored = [], []
-    for sub in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
-        if not sub.is_dir():
-            ignored.append(sub)
-            continue
+    identities = []
+    people = identity_folders(folder)
+    ignored = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    for sub in people:
         images = []
         for f in sorted(sub.iterdir()):
             if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES:
@@ -92,14 +92,42 @@ def _different_pairs(owner: np.ndarray, count: int, rng: np.random.Generator) ->
     return sorted(chosen)
 
 
+def _interleave(same: list, different: list) -> list[tuple[tuple[int, int], bool]]:
+    """Same and different pairs spread evenly over the sequence (S D S D ... when equally many), so any
+    run of contiguous pairs (a fold) holds both kinds in proportion."""
+    keyed = [((i + 0.5) / len(same), 0, pair, True) for i, pair in enumerate(same)]
+    keyed += [((j + 0.5) / len(different), 1, pair, False) for j, pair in enumerate(different)]
+    return [(pair, flag) for _, _, pair, flag in sorted(keyed, key=lambda item: item[:2])]
+
+
+def _check_folds(folder: Path, ordered, n_same: int, n_diff: int, folds: int) -> None:
+    """Refuse a set that cannot give every one of `folds` contiguous folds a same and a different pair."""
+    from face_recognition_tf.evaluation.verification import fold_sizes
+
+    flags = np.asarray([flag for _, flag in ordered], bool)
+    bounds = np.cumsum(np.concatenate([[0], fold_sizes(len(flags), folds)]))
+    if len(flags) >= folds and all(flags[a:b].any() and not flags[a:b].all() for a, b in zip(bounds, bounds[1:])):
+        return
+    raise DatasetError(
+        f"{folder}: could make only {n_same} same-person and {n_diff} different-person pairs; {folds}-fold "
+        f"evaluation needs at least {folds} of each (every fold holds both kinds): add people with 2+ photos, "
+        "or pass --folds K (and evaluate with --folds K)"
+    )
+
+
 def make_pairs_from_folder(folder, out_bin, *, seed: int = 0, max_same_per_identity: int | None = None,
-                           resize: bool = False) -> dict:
-    """Write a `.bin` of same / different pairs from `folder/<person>/<photo>`; return a summary dict."""
+                           resize: bool = False, folds: int = 10) -> dict:
+    """Write a `.bin` of same / different pairs from `folder/<person>/<photo>`; return a summary dict.
+
+    Refuses (DatasetError, nothing written) a folder whose pairs cannot fill `folds` folds with both kinds.
+    """
     from face_recognition_tf.data import save_bin
 
     folder, out_bin = Path(folder), Path(out_bin)
     if max_same_per_identity is not None and max_same_per_identity < 1:
         raise ConfigError(f"max_same_per_identity must be at least 1, got {max_same_per_identity}")
+    if folds < 1:
+        raise ConfigError(f"--folds {folds}: must be at least 1")
     identities, ignored = _scan(folder)
     if len(identities) < 2:
         raise DatasetError(f"{folder}: found {len(identities)} person sub-folder(s) with images; "
@@ -124,12 +152,8 @@ def make_pairs_from_folder(folder, out_bin, *, seed: int = 0, max_same_per_ident
 
     same = [same[i] for i in rng.permutation(len(same))]
     different = [different[i] for i in rng.permutation(len(different))]
-    ordered: list[tuple[tuple[int, int], bool]] = []
-    for k in range(max(len(same), len(different))):
-        if k < len(same):
-            ordered.append((same[k], True))
-        if k < len(different):
-            ordered.append((different[k], False))
+    ordered = _interleave(same, different)
+    _check_folds(folder, ordered, len(same), len(different), folds)
 
     used = {i for (a, b), _ in ordered for i in (a, b)}
     encoded, resized, reencoded = {}, 0, 0
@@ -153,7 +177,9 @@ def make_pairs_from_folder(folder, out_bin, *, seed: int = 0, max_same_per_ident
         "resized": resized,
         "reencoded": reencoded,
         "ignored": [str(p) for p in ignored],
+        "single_photo_identities": [name for name, images in identities if len(images) == 1],
         "seed": seed,
+        "folds": folds,
     }
 
 
@@ -167,20 +193,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing pairs (default 0)")
     parser.add_argument("--max-same-per-identity", type=int, default=None, metavar="N",
                         help="at most N same-person pairs per person (default: all)")
+    parser.add_argument("--folds", type=int, default=10, metavar="K",
+                        help="refuse a set that cannot give each of K folds a same and a different pair (default 10)")
     parser.add_argument("--resize", action="store_true",
                         help="scale photos that are not 112x112 instead of refusing them (they should still be aligned)")
 
 
 def run(args: argparse.Namespace) -> int:
-    info = make_pairs_from_folder(args.folder, args.out, seed=args.seed,
+    info = make_pairs_from_folder(args.folder, args.out, seed=args.seed, folds=args.folds,
                                   max_same_per_identity=args.max_same_per_identity, resize=args.resize)
     pairs = info["same_pairs"] + info["different_pairs"]
+    singles = info["single_photo_identities"]
+    if singles:
+        print(f"note: {len(singles)} person(s) with one photo left out of same-person pairs (still used in "
+              f"different-person pairs): {', '.join(singles[:10])}{', ...' if len(singles) > 10 else ''}",
+              file=sys.stderr)
     print(f"wrote {info['out']}: {pairs} pairs ({info['same_pairs']} same, {info['different_pairs']} different) "
           f"from {info['images_used']} of {info['images']} photos of {info['identities']} people"
           + (f"; {info['resized']} resized" if info["resized"] else ""))
     if info["ignored"]:
         print(f"ignored {len(info['ignored'])} non-image entries, e.g. {info['ignored'][0]}", file=sys.stderr)
-    if pairs < 10:
-        print(f"note: {pairs} pairs is fewer than the 10 folds of the standard protocol; "
-              "add photos or evaluate with --folds", file=sys.stderr)
     return 0

@@ -1,8 +1,10 @@
-"""Read photos and find faces in them with MTCNN.
+"""Find faces in photos with MTCNN.
 
 MTCNN (the `mtcnn` package, weights shipped inside it, so nothing is downloaded) is the detector
 insightface's training sets were aligned with, so its five landmarks feed `align.align_face` directly.
-Images are RGB uint8 everywhere in this package; OpenCV reads BGR, so `read_image` converts.
+Images are RGB uint8 everywhere in this package; files are read by `faces.images` (the package's one
+image reader), and `read_image` / `list_images` / `IMAGE_SUFFIXES` here are its names kept for the
+code that imports them from this module.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from face_recognition_tf.errors import DatasetError, FaceRecognitionError
+from face_recognition_tf.errors import FaceRecognitionError
+from face_recognition_tf.faces.images import IMAGE_SUFFIXES, list_images, read_rgb  # noqa: F401 (re-exported)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 PICK_RULES = ("largest", "confident", "center")
 
 
@@ -36,24 +38,9 @@ class Face:
 
 
 def read_image(path) -> np.ndarray:
-    """Load a photo as RGB uint8 (H, W, 3); grey images are expanded and an alpha channel dropped.
-
-    Reads the bytes with numpy and decodes with OpenCV so that non-ASCII paths work too (cv2.imread
-    fails silently on them on some platforms); EXIF orientation is applied by OpenCV.
-    """
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: image file not found" if not path.exists() else f"{path}: not a file")
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise DatasetError(f"{path}: not a readable image (empty, truncated or an unsupported format)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Load a photo as RGB uint8 (H, W, 3): `faces.images.read_rgb` (content-sniffed, EXIF-oriented,
+    huge photos decoded reduced); a `DatasetError` naming the file if it cannot be used."""
+    return read_rgb(path)
 
 
 def as_rgb_image(image, source: str = "image") -> np.ndarray:
@@ -84,12 +71,6 @@ def load_rgb(image_or_path, source: str | None = None) -> tuple[np.ndarray, str]
     if hasattr(image_or_path, "convert") and hasattr(image_or_path, "mode"):  # a PIL image
         image_or_path = image_or_path.convert("RGB")
     return as_rgb_image(image_or_path, name), name
-
-
-def list_images(folder) -> list[Path]:
-    """Image files under `folder` (recursively), in a stable order."""
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _default_device() -> str:
@@ -134,12 +115,18 @@ class FaceDetector:
     def _detector(self):
         if self._mtcnn is None:
             from mtcnn import MTCNN
+            from mtcnn.stages import StageONet, StageRNet
 
-            self._mtcnn = MTCNN(device=self._device or _default_device())
+            stages = [_full_pyramid_pnet_stage(), StageRNet, StageONet]
+            self._mtcnn = MTCNN(stages=stages, device=self._device or _default_device())
         return self._mtcnn
 
-    def detect(self, image, source: str | None = None) -> list[Face]:
-        """Every face found, most confident first."""
+    def detect(self, image, source: str | None = None, *, min_face_size: int | None = None) -> list[Face]:
+        """Every face found, most confident first.
+
+        `min_face_size` overrides the detector's for this call (same units: pixels of the copy MTCNN
+        runs on), for callers that state the minimum in the photo's own pixels and convert it per photo.
+        """
         import cv2
 
         image, name = load_rgb(image, source)
@@ -156,7 +143,7 @@ class FaceDetector:
                 image,
                 box_format="xyxy",
                 output_type="numpy",
-                min_face_size=self.min_face_size,
+                min_face_size=int(min_face_size or self.min_face_size),
                 threshold_pnet=p_thr,
                 threshold_rnet=r_thr,
                 threshold_onet=o_thr,
@@ -184,6 +171,51 @@ class FaceDetector:
                 f"{name}: no face found (MTCNN, min_face_size={self.min_face_size}, thresholds={self.thresholds})"
             )
         return pick_face(faces, self.pick, image.shape[:2])
+
+
+def pyramid_scales(width: int, height: int, min_face_size: float, scale_factor: float = 0.709,
+                   min_size: int = 12) -> np.ndarray:
+    """MTCNN's image pyramid: scales 12/min_face_size * 0.709^k while the shorter side stays >= 12 px.
+
+    mtcnn 1.0.0 counts the levels as if min_face_size were 12, so from min_face_size ~25 on its last
+    levels fall under P-Net's 12x12 window; TensorFlow then raises InvalidArgumentError, which mtcnn
+    takes for "no faces found" for the whole photo (a 173 px face in a 512x600 portrait is not found
+    with min_face_size=40).  This is the original MTCNN's rule (`while minl >= 12`).
+    """
+    first = min_size / float(min_face_size)
+    shorter = min(width, height) * first
+    if shorter < min_size:
+        return np.empty(0)
+    count = int(np.floor(np.log(min_size / shorter) / np.log(scale_factor) + 1e-9)) + 1
+    return first * scale_factor ** np.arange(count)
+
+
+def _full_pyramid_pnet_stage():
+    """mtcnn's P-Net stage with `pyramid_scales` as its pyramid (passed to `MTCNN(stages=...)`, which
+    takes stage instances; mtcnn itself is left untouched).  The body is mtcnn 1.0.0's own."""
+    from mtcnn.stages import StagePNet
+    from mtcnn.utils.bboxes import generate_bounding_box, resize_to_square, smart_nms_from_bboxes, upscale_bboxes
+    from mtcnn.utils.images import apply_scales
+
+    class StagePNetFullPyramid(StagePNet):
+        def __call__(self, images_normalized, images_oshapes, min_face_size=20, min_size=12, scale_factor=0.709,
+                     threshold_pnet=0.6, nms_pnet1=0.5, nms_pnet2=0.7, **kwargs):
+            groups = [pyramid_scales(int(shape[1]), int(shape[0]), min_face_size, scale_factor, min_size)
+                      for shape in images_oshapes]
+            if max(len(group) for group in groups) == 0:
+                return np.empty((0, 6))  # photo smaller than the smallest face searched for
+            scaled, scales = apply_scales(images_normalized, groups)
+            batch_size = images_normalized.shape[0]
+            results = [self._model(image) for image in scaled]
+            proposals = [generate_bounding_box(result[0], result[1], threshold_pnet) for result in results]
+            upscaled = [upscale_bboxes(b, np.asarray([scale] * batch_size)) for b, scale in zip(proposals, scales)]
+            per_scale = [smart_nms_from_bboxes(b, threshold=nms_pnet1, method="union", initial_sort=False)
+                         for b in upscaled]
+            boxes = np.concatenate(per_scale, axis=0) if per_scale else np.empty((0, 6))
+            boxes = smart_nms_from_bboxes(boxes, threshold=nms_pnet2, method="union", initial_sort=True)
+            return resize_to_square(boxes)
+
+    return StagePNetFullPyramid()
 
 
 def pick_face(faces: list[Face], rule: str, image_shape: tuple[int, int]) -> Face:

@@ -67,7 +67,8 @@ def _count(state, pattern: str) -> int:
 
 
 def recognise(path, state) -> dict:
-    if "layer1.0.conv1.weight" in state and "fc.weight" in state and "conv1.weight" in state:
+    if all(k in state for k in ("layer1.0.conv1.weight", "fc.weight", "conv1.weight", "bn2.running_mean",
+                                "features.running_mean")):
         stages = tuple(_count(state, rf"layer{s}\.(\d+)\.") for s in range(1, 5))
         name = next((n for n, layers in IRESNET_LAYERS.items() if tuple(layers) == stages), None)
         if name is None:

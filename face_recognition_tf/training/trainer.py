@@ -40,6 +40,7 @@ from face_recognition_tf.training.optim import (
     inner_optimizer,
     scaled_lr,
 )
+from face_recognition_tf.training.finetune import unfreeze_if_due
 from face_recognition_tf.training.schedules import build_schedule
 from face_recognition_tf.training.strategy import StrategyInfo, gather_from_workers, make_strategy
 
@@ -165,18 +166,24 @@ class TrainStep:
         self._jit = bool(t.jit_compile)
         self._fn = None
 
-    def finalize(self):
-        """Call after freezing: fixes the trainable set and builds the optimizer's slots."""
-        self.variables = self.backbone.trainable_variables + self.head.trainable_variables
-        if not self.variables:
+    def finalize(self, optimizer_variables=None):
+        """Call after freezing: builds the optimizer's slots for `optimizer_variables` (default: what
+        trains now; fine-tuning's unfreeze schedule passes every variable a later stage trains)."""
+        self.optimizer_variables = list(optimizer_variables or self.backbone.trainable_variables
+                                        + self.head.trainable_variables)
+        if not self.optimizer_variables:
             raise ConfigError("nothing to train: every layer is frozen")
         with self.info.strategy.scope():
-            self.optimizer.build(self.variables)
+            self.optimizer.build(self.optimizer_variables)
         # the trainer sums gradients across replicas itself (to clip the true global norm), so the
         # optimizer must not sum them a second time
         inner_optimizer(self.optimizer)._all_reduce_sum_gradients = _all_reduce_done_by_trainer
-        compute = tf.function(self._gradients, jit_compile=True) if self._jit else self._gradients
-        self._compute = compute
+        self.retrace()
+
+    def retrace(self):
+        """A new compiled update for the variables that train now (after `finalize` or an unfreeze)."""
+        self.variables = self.backbone.trainable_variables + self.head.trainable_variables
+        self._compute = tf.function(self._gradients, jit_compile=True) if self._jit else self._gradients
         self._fn = tf.function(self._distributed_step)
 
     def checkpoint(self) -> tf.train.Checkpoint:
@@ -187,7 +194,7 @@ class TrainStep:
 
     @tf.function
     def weights_finite(self):
-        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.variables])
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.optimizer_variables])
 
     def learning_rate(self) -> float:
         return float(inner_optimizer(self.optimizer).learning_rate.numpy())
@@ -356,7 +363,8 @@ class Trainer:
     # ---- set-up ---------------------------------------------------------------------------------
     def prepare(self) -> "Trainer":
         from face_recognition_tf.data import read_manifest
-        from face_recognition_tf.training.finetune import freeze, load_initial_weights
+        from face_recognition_tf.training.finetune import (EarlyStopping, FreezePlan, check_early_stopping,
+                                                            load_initial_weights)
         from face_recognition_tf.training.validation import Validator
 
         cfg = self.cfg
@@ -386,6 +394,7 @@ class Trainer:
         cfg.data.num_classes = num_classes
         cfg.data.dir = str(self.data_dir)
         self.num_images = int(manifest["num_images"])
+        check_early_stopping(cfg, self.data_dir, self.info.name)
         from face_recognition_tf.training.finetune import backbone_spec
 
         self.backbone_spec = backbone_spec(backbone_kwargs(cfg), cfg.finetune.init)
@@ -406,13 +415,15 @@ class Trainer:
         self.step_fn = step = TrainStep(cfg, self.info, num_classes)
         if cfg.finetune.init and not existing:
             load_initial_weights(step.backbone, cfg.finetune.init)
-        freeze(step.backbone, cfg.finetune.freeze, cfg.finetune.freeze_layers)
-        step.finalize()
+        self.freeze_plan = FreezePlan(step.backbone, cfg.finetune)
+        step.finalize(self.freeze_plan.optimizer_variables(step.head))
         self.store = ck.CheckpointStore(self.run_dir, step.checkpoint(), keep=cfg.checkpoint.keep,
                                         is_chief=self.info.is_chief, worker_index=self.info.worker_index)
         if existing:
             self.resumed_from = self.store.restore_latest()
         self.start_step = int(step.step.numpy())
+        if self.freeze_plan.apply(self.start_step):  # resumed after an unfreeze step
+            step.retrace()
         # only the chief validates: evaluation runs no collective op, and the other workers' copies are
         # identical, so they go straight on to the next step (which waits for the chief)
         self.validator = Validator.from_data_dir(
@@ -424,6 +435,8 @@ class Trainer:
             import json
 
             self.best = float(json.loads(best_json.read_text()).get("mean", -1.0))
+        self.stopper = EarlyStopping.for_run(cfg, self.run_dir, self.start_step) if self.info.is_chief else None
+        self.stop_reason = self.stopper.reason if self.stopper else None
         if self.info.is_chief:
             # the steps a resumed run redoes must not be logged twice
             ck.rewind_history(self.run_dir, self.start_step)
@@ -513,12 +526,13 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         first_step, saved_any = step, False
         try:
-            while step < self.stop_step:
+            while step < self.stop_step and not self.stop_reason:
                 epoch, position = divmod(step, per_epoch)
                 dataset = info.strategy.distribute_datasets_from_function(
                     make_dataset_fn(cfg, self.data_dir, epoch, position * step_fn.accum, self.exclude))
                 iterator = iter(dataset)
-                while position < per_epoch and step < self.stop_step:
+                while position < per_epoch and step < self.stop_step and not self.stop_reason:
+                    unfreeze_if_due(self.freeze_plan, step_fn, step, self.run_dir, info.is_chief)
                     try:
                         result = step_fn(iterator)
                     except tf.errors.InvalidArgumentError as exc:
@@ -566,6 +580,7 @@ class Trainer:
             "run_dir": str(self.run_dir), "step": step, "steps_this_run": step - first_step,
             "seconds": time.perf_counter() - started, "global_batch": step_fn.global_batch,
             "validation": scores, "best_mean": self.best, "resumed_from": str(self.resumed_from or ""),
+            "stopped_early": self.stop_reason,
             "weights_sha256": weights_digest(step_fn.backbone, step_fn.head),
         }
 
@@ -630,6 +645,8 @@ class Trainer:
                 ck.write_json_atomic(self.run_dir / ck.BEST_DIR / "best.json", scores)
         tqdm_write("step {}: validation {}".format(
             step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "step")))
+        if self.stopper is not None:
+            self.stop_reason = self.stopper.update(scores["mean"], step)
         return scores
 
 
