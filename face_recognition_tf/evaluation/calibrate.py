@@ -18,7 +18,6 @@ bound them is taken: the same decisions here, the widest margin for photos not s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from face_recognition_tf.data.tfrecord import file_sha256
 from face_recognition_tf.errors import CheckpointError, ConfigError, DatasetError
 
 THRESHOLD_FILE = "threshold.json"
@@ -113,14 +113,6 @@ def best_accuracy_threshold(scores, issame, where: str = "pairs", *, cosine: boo
 
 
 # ------------------------------------------------------------------------ model fingerprint, lookup
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_fingerprint(model) -> tuple[str, str] | None:
     """(the weights file MODEL resolves to, its sha256), or None for a form without one file.
 
@@ -143,7 +135,7 @@ def model_fingerprint(model) -> tuple[str, str] | None:
         return None
     if not target.is_file():
         return None
-    return str(target.resolve()), _sha256(target)
+    return str(target.resolve()), file_sha256(target)
 
 
 def default_threshold_path(model) -> Path | None:
@@ -245,7 +237,7 @@ def calibrate(model, pairs, *, far: float = DEFAULT_FAR, out=None, batch_size: i
         "best_accuracy_cosine": best_cosine,
         "best_accuracy": best_accuracy,
         "pairs": str(pairs),
-        "sha256": _sha256(pairs),
+        "sha256": file_sha256(pairs),
         "same_pairs": int(issame.sum()),
         "different_pairs": int((~issame).sum()),
         "model": str(model),

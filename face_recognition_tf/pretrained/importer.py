@@ -12,13 +12,13 @@ renamed into place, so a failed import leaves nothing behind.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from face_recognition_tf import atomic
+from face_recognition_tf.data.tfrecord import file_sha256
 from face_recognition_tf.errors import PretrainedModelError
 from face_recognition_tf.model_io import BACKBONE_SPEC, FINAL_MODEL
 from face_recognition_tf.models import input_normalization as norm
@@ -56,11 +56,8 @@ def source_format(path: Path) -> str:
 def _compose(outer, inner):
     """The graph input is (x - m1) / s1 and the graph then computes (g - m2) / s2 itself: together
     (x - (m1 + m2 s1)) / (s1 s2)."""
-    (m1, s1), (m2, s2) = [tuple(np.broadcast_to(np.asarray(v, float), (3,))) for v in outer], \
-        [tuple(np.broadcast_to(np.asarray(v, float), (3,))) for v in inner]
-    mean = np.asarray(m1) + np.asarray(m2) * np.asarray(s1)
-    std = np.asarray(s1) * np.asarray(s2)
-    return _compact(mean), _compact(std)
+    m1, s1, m2, s2 = (np.broadcast_to(np.asarray(v, dtype=float), (3,)) for v in (*outer, *inner))
+    return _compact(m1 + m2 * s1), _compact(s1 * s2)
 
 
 def _compact(values):
@@ -147,14 +144,6 @@ def _reference_embeddings(path, fmt, images, outer, spec):
     return out, f"PyTorch {torch.__version__}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def import_model(src, out, *, input_mean=None, input_std=None, name=None, embedding_size=None,
                  progress=None) -> dict:
     """Import ``src`` (ONNX / PyTorch state dict) into the model folder ``out``; returns the report
@@ -212,7 +201,7 @@ def import_model(src, out, *, input_mean=None, input_std=None, name=None, embedd
         "backbone": spec,
         "input_normalization": {"mean": mean, "std": std, "formula": norm.describe(mean, std),
                                 "source": norm_source},
-        "source": {"file": src.name, "path": str(src.resolve()), "sha256": _sha256(src), "format": fmt,
+        "source": {"file": src.name, "path": str(src.resolve()), "sha256": file_sha256(src), "format": fmt,
                    **{k: facts[k] for k in ("opset", "producer") if facts.get(k)}},
         "parity": parity,
         "imported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -20,6 +20,7 @@ from face_recognition_tf.errors import FaceRecognitionError
 from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD, InputNormalization
 from face_recognition_tf.models.layers import GroupedConv2D
 from face_recognition_tf.models.normalization import BatchNorm
+from face_recognition_tf.pretrained.weights import flatten_inputs
 
 INPUT_NAME = "data"
 OUTPUT_NAME = "embedding"
@@ -71,7 +72,7 @@ def graph_bytes(model, *, opset: int = 17, l2_normalize: bool = False) -> bytes:
     x = w.node("Mul", [x, w.const("input_scale", (1.0 / std).reshape(1, 3, 1, 1))], "Mul_scale")
     tensors = {}  # id(KerasTensor) -> onnx tensor name
     pads: dict = {}  # id(KerasTensor) -> pending (top, left, bottom, right) of a ZeroPadding2D
-    flattened: dict = {}  # id(KerasTensor) -> (H, W, C) before our Flatten
+    flattened = flatten_inputs(model)  # Dense layer name -> the (H, W, C) before our Flatten
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             tensors[id(layer.output)] = x
@@ -107,11 +108,10 @@ def graph_bytes(model, *, opset: int = 17, l2_normalize: bool = False) -> bytes:
         elif isinstance(layer, keras.layers.Add):
             tensors[out_id] = w.node("Add", src, name)
         elif isinstance(layer, keras.layers.Flatten):
-            flattened[out_id] = tuple(int(d) for d in layer.input.shape[1:])
             tensors[out_id] = w.node("Flatten", src, name, axis=1)
         elif isinstance(layer, keras.layers.Dense):
             kernel = layer.kernel.numpy()  # (in, out), `in` in our NHWC flatten order
-            shape = flattened.get(id(inputs[0])) or _flatten_through(layer, flattened)
+            shape = flattened.get(name)
             if shape is not None and len(shape) == 3:
                 h, wd, c = shape
                 kernel = kernel.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(h * wd * c, -1)
@@ -142,19 +142,6 @@ def graph_bytes(model, *, opset: int = 17, l2_normalize: bool = False) -> bytes:
     proto.ir_version = min(proto.ir_version, 8)  # readable by onnxruntime releases of the last years
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
-
-
-def _flatten_through(layer, flattened):
-    """The (H, W, C) a Dense layer's input was flattened from, through weightless layers (dropout)."""
-    tensor = layer.input
-    for _ in range(8):
-        if id(tensor) in flattened:
-            return flattened[id(tensor)]
-        owner = tensor._keras_history.operation
-        if not isinstance(owner, _PASS_THROUGH):
-            return None
-        tensor = owner.input
-    return None
 
 
 def _conv(w: _Writer, layer, source: str, pads):

@@ -116,7 +116,7 @@ def _dense(path, layer, op, flattened):
     layer.kernel.assign(weight.T)
 
 
-def _flatten_inputs(model) -> dict:
+def flatten_inputs(model) -> dict:
     """Dense layer name -> the (H, W, C) its Flatten flattened."""
     shapes = {}
     for layer in model.layers:
@@ -159,7 +159,7 @@ def canonical_layers(model) -> list:
 
 def load_ops(path, model, ops) -> dict:
     """Assign ``ops`` into ``model`` (raise a one-line error at the first mismatch); counts for the report."""
-    flattened = _flatten_inputs(model)
+    flattened = flatten_inputs(model)
     cursor = _Cursor(path, ops)
     pending = None
     folded = 0
