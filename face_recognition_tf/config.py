@@ -162,6 +162,8 @@ class ValidationConfig:
     batch_size: int = 64
     # cap pairs per set during training (0 = all) so validation stays a small share of the time
     max_pairs: int = 0
+    # cross-validation folds of the accuracy (insightface: 10); small own pair sets need fewer
+    folds: int = 10
 
 
 @dataclass
@@ -203,7 +205,7 @@ _CHOICES = {
 }
 _POSITIVE = ("model.embedding_size", "model.input_size", "train.batch_size", "train.accumulation_steps", "train.max_steps",
              "checkpoint.every_steps", "checkpoint.keep", "log.every_steps", "validation.every_steps",
-             "validation.batch_size")
+             "validation.batch_size", "validation.folds")
 
 
 def resolve_config_path(path_or_name: str | os.PathLike) -> Path:

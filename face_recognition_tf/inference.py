@@ -347,8 +347,10 @@ class FaceRecognizer:
         `warn` also reports each skipped photo as a UserWarning, for callers that never look at
         `gallery.skipped`; a caller that reports them itself (the `frtf identify` command) passes
         False, so each photo is reported once.
+        A folder written by `frtf align` (or a part `frtf split` made of one) is taken as aligned crops
+        unless `aligned` says otherwise.
         """
-        from face_recognition_tf.faces.images import identity_folders, list_images
+        from face_recognition_tf.faces.images import aligned_tree, identity_folders, list_images
 
         if isinstance(source, Mapping):
             people = {str(name): list(photos) if isinstance(photos, (list, tuple)) else [photos]
@@ -360,6 +362,8 @@ class FaceRecognizer:
                 raise FaceRecognitionError(f"{folder}: gallery folder not found")
             people = {sub.name: list_images(sub) for sub in identity_folders(folder)}
             label = str(folder)
+            if aligned is None and aligned_tree(folder):
+                aligned = True
             if not people:
                 raise FaceRecognitionError(f"{folder}: no identity sub-folders (expected {folder}/NAME/photo.jpg)")
         items, labels, sources = [], [], []

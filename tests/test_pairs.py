@@ -184,3 +184,16 @@ def test_single_photo_people_are_named_and_left_out_of_same_pairs(tmp_path, caps
     out = capsys.readouterr()
     assert "32 pairs (16 same, 16 different)" in out.out
     assert "2 person(s) with one photo left out of same-person pairs" in out.err and "person_2, person_3" in out.err
+
+
+def test_training_validation_takes_the_sets_folds_and_refuses_sets_that_cannot_fill_them(tmp_path):
+    """A person's held-out pairs made with --folds 3 validate with validation.folds=3; with the default 10
+    they are refused when training starts, naming the file and the setting, not at the first validation."""
+    from face_recognition_tf.training.validation import Validator
+
+    root = _people(tmp_path / "faces", [2, 2, 2])
+    make_pairs_from_folder(root, tmp_path / "val.bin", folds=3)
+    assert Validator({"val": tmp_path / "val.bin"}, folds=3).folds == 3
+    with pytest.raises(ConfigError, match=r"val\.bin: 3 same and 3 different pairs cannot fill "
+                                          r"validation\.folds=10 folds"):
+        Validator({"val": tmp_path / "val.bin"})

@@ -181,3 +181,22 @@ def test_plan_is_pure_and_rejects_an_unknown_mode(tmp_path):
         plan_split(people, val=0.1, test=0.1, by="faces")
     with pytest.raises(DatasetError, match="not a folder"):
         scan_identities(tmp_path / "nope")
+
+
+def test_parts_of_an_align_output_are_known_as_aligned_crops(tmp_path):
+    """split.json records that ALIGNED came from `frtf align`, so report/identify skip detection on its parts;
+    the align report beside the people is neither a person nor a stray file."""
+    from face_recognition_tf.faces.images import aligned_tree
+
+    aligned = _aligned(tmp_path / "aligned", {"ann": 3, "bob": 3})
+    plain = _aligned(tmp_path / "plain", {"ann": 3, "bob": 3})
+    (aligned / "align_report.json").write_text("{}")
+    (aligned / "align_report.csv").write_text("path,status\n")
+    (aligned / "contact_sheets").mkdir()
+    (aligned / "contact_sheets" / "ann.png").write_bytes(b"png")
+    doc = split_folder(aligned, tmp_path / "parts", val=0.34, test=0.34)
+    assert doc["aligned"] is True and doc["notes"] == [] and "contact_sheets" not in doc["identities"]
+    assert aligned_tree(aligned) and aligned_tree(tmp_path / "parts" / "test")
+    assert not aligned_tree(tmp_path / "parts") and not aligned_tree(plain)
+    assert split_folder(plain, tmp_path / "plain_parts", val=0.34, test=0.34)["aligned"] is False
+    assert not aligned_tree(tmp_path / "plain_parts" / "train")

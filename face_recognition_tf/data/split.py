@@ -30,8 +30,10 @@ from pathlib import Path
 
 from face_recognition_tf.atomic import replace_path, temporary_dir_beside, write_json
 from face_recognition_tf.errors import ConfigError, DatasetError, OutputError
+from face_recognition_tf.faces.align_report import REPORT_CSV, REPORT_JSON
 from face_recognition_tf.faces.images import (  # the package's one list of images
     IMAGE_SUFFIXES,
+    aligned_tree,
     identity_folders,
     list_images,
 )
@@ -79,7 +81,8 @@ def scan_identities(folder: Path) -> tuple[dict[str, list[Path]], list[str], int
         raise DatasetError(f"{folder}: not a folder (expected one sub-folder of aligned photos per person)")
     people: dict[str, list[Path]] = {}
     empty, ignored = [], 0
-    ignored += sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))  # e.g. reports
+    own = {REPORT_JSON, REPORT_CSV}  # an align output's own report is not a stray file
+    ignored += sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in own)
     for sub in identity_folders(folder):
         images = [path.relative_to(sub) for path in list_images(sub)]
         ignored += sum(1 for path in sub.rglob("*") if path.is_file() and not path.name.startswith(".")) - len(images)
@@ -187,6 +190,7 @@ def split_folder(aligned, out, *, val: float = 0.1, test: float = 0.1, by: str =
         document = {
             "format_version": FORMAT_VERSION,
             "source": str(aligned),
+            "aligned": aligned_tree(aligned),  # the parts are align crops: report/identify skip detection
             "options": {"val": val, "test": test, "by": by, "seed": seed, "min_images": min_images,
                         "link": link},
             "parts": {part: {"identities": len(plan[part]), "images": sum(map(len, plan[part].values()))}

@@ -50,7 +50,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="accept threshold: cosine similarity (accept >=) or L2 distance (accept <=); "
                              "default: the one `frtf calibrate` stored with the model")
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default ./{DEFAULT_OUT})")
-    parser.add_argument("--aligned", action="store_true", help="photos are aligned 112x112 crops: skip detection")
+    parser.add_argument("--aligned", action="store_true",
+                        help="photos are aligned 112x112 crops: skip detection (automatic for folders written by "
+                             "`frtf align` and the parts `frtf split` made of them)")
     parser.add_argument("--no-flip", action="store_true", help="do not add the flipped crop's embedding")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--min-face-size", type=int, default=40, help="smallest face MTCNN looks for (default 40)")
@@ -60,12 +62,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def _people(folder: Path, role: str) -> tuple[dict[str, list[Path]], list[str]]:
     """name -> photos of a folder of identity sub-folders, and the empty identities."""
-    from face_recognition_tf.faces.images import list_images
+    from face_recognition_tf.faces.images import identity_folders, list_images
 
     if not folder.is_dir():
         raise DatasetError(f"{folder}: {role} folder not found (expected {folder}/NAME/photo.jpg)")
     people, empty = {}, []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for sub in identity_folders(folder):
         photos = list_images(sub)
         if photos:
             people[sub.name] = photos
@@ -120,22 +122,30 @@ def build_report(args) -> dict:
 
     from face_recognition_tf.inference import FaceRecognizer
 
+    from face_recognition_tf.faces.images import aligned_tree
+
     _check_args(args)
     normalize = not args.no_normalize
     gallery_people, gallery_empty = _people(Path(args.gallery), "gallery")
     probe_people, probe_empty = _people(Path(args.probe), "probe")
+    aligned = {role: bool(args.aligned) or aligned_tree(folder)
+               for role, folder in (("gallery", args.gallery), ("probe", args.probe))}
     with warnings.catch_warnings(record=True) as caught:  # a stale calibration becomes a note below
         warnings.simplefilter("always")
-        recognizer = FaceRecognizer(args.model, detector=None if args.aligned else "mtcnn", flip=not args.no_flip,
+        detector = None if all(aligned.values()) else "mtcnn"
+        recognizer = FaceRecognizer(args.model, detector=detector, flip=not args.no_flip,
                                     batch_size=args.batch_size, pick=args.pick, min_face_size=args.min_face_size)
     notes = [recognizer.threshold_note] if recognizer.threshold_note else []
+    if not args.aligned:
+        notes += [f"{role} {folder}: `frtf align` crops, detection skipped"
+                  for role, folder in (("gallery", args.gallery), ("probe", args.probe)) if aligned[role]]
     for w in caught:
         if str(w.message) != recognizer.threshold_note:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     notes += [f"empty {role} identity folder(s) left out: {', '.join(names)}"
               for role, names in (("gallery", gallery_empty), ("probe", probe_empty)) if names]
 
-    g_emb, g_names, g_failed, g_seconds, _ = _embed(recognizer, gallery_people, args.aligned, f"{args.gallery}")
+    g_emb, g_names, g_failed, g_seconds, _ = _embed(recognizer, gallery_people, aligned["gallery"], f"{args.gallery}")
     names = list(dict.fromkeys(g_names))
     if len(names) < 2:
         raise DatasetError(f"{args.gallery}: {len(names)} gallery identity with a usable face; a report needs 2 or more")
@@ -145,7 +155,7 @@ def build_report(args) -> dict:
     labels = np.asarray([names.index(n) for n in g_names])
     templates = ident.templates(g_emb, labels, len(names), normalize)
 
-    p_emb, p_names, p_failed, p_seconds, p_attempted = _embed(recognizer, probe_people, args.aligned, f"{args.probe}")
+    p_emb, p_names, p_failed, p_seconds, p_attempted = _embed(recognizer, probe_people, aligned["probe"], f"{args.probe}")
     start = time.perf_counter()
     scores = ident.score_matrix(ident.prepare(p_emb, normalize), templates, args.distance)
     p_seconds += time.perf_counter() - start
@@ -181,7 +191,7 @@ def build_report(args) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": str(args.model), "gallery": str(args.gallery), "probe": str(args.probe),
         "pairs": str(args.pairs) if args.pairs else None,
-        "distance": args.distance, "normalize": normalize, "flip": not args.no_flip, "aligned": bool(args.aligned),
+        "distance": args.distance, "normalize": normalize, "flip": not args.no_flip, "aligned": aligned["probe"],
         "threshold": {"value": threshold, "source": source,
                       "accept": "cosine similarity >= value" if args.distance == "cosine" else "L2 distance <= value"},
         "gallery_summary": {"identities": len(names), "photos": len(g_names), "seconds": g_seconds,

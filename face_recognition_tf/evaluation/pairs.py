@@ -102,16 +102,14 @@ def _interleave(same: list, different: list) -> list[tuple[tuple[int, int], bool
 
 def _check_folds(folder: Path, ordered, n_same: int, n_diff: int, folds: int) -> None:
     """Refuse a set that cannot give every one of `folds` contiguous folds a same and a different pair."""
-    from face_recognition_tf.evaluation.verification import fold_sizes
+    from face_recognition_tf.evaluation.verification import folds_hold_both_kinds
 
-    flags = np.asarray([flag for _, flag in ordered], bool)
-    bounds = np.cumsum(np.concatenate([[0], fold_sizes(len(flags), folds)]))
-    if len(flags) >= folds and all(flags[a:b].any() and not flags[a:b].all() for a, b in zip(bounds, bounds[1:])):
+    if folds_hold_both_kinds([flag for _, flag in ordered], folds):
         return
     raise DatasetError(
         f"{folder}: could make only {n_same} same-person and {n_diff} different-person pairs; {folds}-fold "
         f"evaluation needs at least {folds} of each (every fold holds both kinds): add people with 2+ photos, "
-        "or pass --folds K (and evaluate with --folds K)"
+        "or pass --folds K (and evaluate with --folds K, train with validation.folds=K)"
     )
 
 

@@ -111,6 +111,16 @@ def fold_sizes(num_pairs: int, folds: int) -> np.ndarray:
     return sizes
 
 
+def folds_hold_both_kinds(issame, folds: int) -> bool:
+    """Whether each of the `folds` contiguous folds has a same and a different pair, as the protocol's
+    threshold choice and VAL/FAR need; make-pairs and training validation refuse sets that do not."""
+    issame = np.asarray(issame, dtype=bool)
+    if len(issame) < folds:
+        return False
+    bounds = np.cumsum(np.concatenate([[0], fold_sizes(len(issame), folds)]))
+    return all(issame[a:b].any() and not issame[a:b].all() for a, b in zip(bounds, bounds[1:]))
+
+
 def evaluate_embeddings(embeddings, issame, folds: int = 10, flip_embeddings=None) -> VerificationResult:
     """insightface's verification figures for embeddings in pair order `[a0, b0, a1, b1, ...]`.
 

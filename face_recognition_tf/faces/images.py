@@ -73,6 +73,25 @@ def identity_folders(root) -> list[Path]:
                   if p.is_dir() and not p.name.startswith(".") and p.name not in not_people)
 
 
+def aligned_tree(root) -> bool:
+    """Whether `root` holds `frtf align` crops: the align output itself (its report beside the people) or a
+    part (train/val/test) that `frtf split` made of one.  Commands reading such a tree skip detection:
+    running MTCNN again on a 112x112 crop re-aligns an already aligned face, or misses it."""
+    import json
+
+    from face_recognition_tf.data.split import SPLIT_FILE
+
+    root = Path(root)
+    if (root / ALIGN_REPORT).is_file():
+        return True
+    split = root.parent / SPLIT_FILE
+    try:
+        document = json.loads(split.read_text()) if split.is_file() else {}
+    except (OSError, ValueError):
+        return False
+    return bool(document.get("aligned")) and root.name in document.get("parts", {})
+
+
 def has_image_suffix(path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 

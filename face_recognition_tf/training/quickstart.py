@@ -67,7 +67,8 @@ def run(args) -> int:
     if not pair_sets:
         raise FaceRecognitionError(f"{out / 'data'}: the converted sample has no .bin pair sets")
     # the same pairs (validation.max_pairs) before training, during it and after it
-    validator = Validator(pair_sets, batch_size=cfg.validation.batch_size, max_pairs=cfg.validation.max_pairs)
+    validator = Validator(pair_sets, batch_size=cfg.validation.batch_size, max_pairs=cfg.validation.max_pairs,
+                          folds=cfg.validation.folds)
 
     def scores(model):
         return {k: v for k, v in validator(model).items() if k != "mean"}

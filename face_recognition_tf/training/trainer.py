@@ -150,7 +150,8 @@ class TrainStep:
 
                 spec = backbone_spec(backbone_kwargs(cfg), cfg.finetune.init)
                 kwargs = {k: v for k, v in spec.items() if k != "name"}
-                kwargs["input_shape"] = tuple(kwargs["input_shape"])
+                if "input_shape" in kwargs:  # JSON gives a list; a hand-written backbone.json may leave it out
+                    kwargs["input_shape"] = tuple(kwargs["input_shape"])
                 self.backbone = build_backbone(spec["name"], **kwargs)
             hk = head_kwargs(cfg, num_classes)
             self.head = build_head(hk.pop("name"), hk.pop("num_classes"), **hk)
@@ -427,8 +428,8 @@ class Trainer:
         # only the chief validates: evaluation runs no collective op, and the other workers' copies are
         # identical, so they go straight on to the next step (which waits for the chief)
         self.validator = Validator.from_data_dir(
-            self.data_dir, cfg.validation.sets, batch_size=cfg.validation.batch_size, max_pairs=cfg.validation.max_pairs
-        ) if self.info.is_chief else None
+            self.data_dir, cfg.validation.sets, batch_size=cfg.validation.batch_size, max_pairs=cfg.validation.max_pairs,
+            folds=cfg.validation.folds) if self.info.is_chief else None
         self.best = -1.0
         best_json = self.run_dir / ck.BEST_DIR / "best.json"
         if best_json.is_file():

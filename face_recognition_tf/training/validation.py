@@ -4,6 +4,9 @@ The pair sets are decoded once when training starts (LFW is 12,000 images; decod
 cost more than the evaluation).  Scores come from the evaluation package's metric (10-fold accuracy
 with flipped-image embeddings, insightface's protocol), so the numbers logged during training are the
 numbers `frtf evaluate` reports later.  The best model is chosen by the mean accuracy over the sets.
+A person's own held-out pairs can be too few for 10 folds (`frtf make-pairs --folds K`):
+`validation.folds` says how many, and a set that cannot fill them is refused before the first update
+instead of failing at the first validation.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import numpy as np
 
 
 class Validator:
-    def __init__(self, pair_sets: dict, *, batch_size: int = 64, max_pairs: int = 0):
+    def __init__(self, pair_sets: dict, *, batch_size: int = 64, max_pairs: int = 0, folds: int = 10):
         self.pair_sets = {}
+        self.folds = int(folds)
         for name, value in pair_sets.items():
             if isinstance(value, (str, Path)):
                 from face_recognition_tf.data import load_bin
@@ -28,26 +32,28 @@ class Validator:
                 keep = np.linspace(0, len(issame) - 1, max_pairs).astype(int)
                 idx = np.stack([2 * keep, 2 * keep + 1], axis=1).reshape(-1)
                 images, issame = images[idx], np.asarray(issame)[keep]
-            self.pair_sets[name] = (images, np.asarray(issame, dtype=bool))
+            issame = np.asarray(issame, dtype=bool)
+            _check_folds(value if isinstance(value, (str, Path)) else name, issame, self.folds)
+            self.pair_sets[name] = (images, issame)
         self.batch_size = int(batch_size)
         self._embedder = None  # traced once per model, reused every validation
 
     @classmethod
-    def from_data_dir(cls, data_dir, names, *, batch_size: int = 64, max_pairs: int = 0):
+    def from_data_dir(cls, data_dir, names, *, batch_size: int = 64, max_pairs: int = 0, folds: int = 10):
         """Pair sets named `names` (or all, if empty) found beside the data; None when there are none."""
         from face_recognition_tf.data import find_bins
 
         found = find_bins(data_dir, list(names) if names else None)
         if not found:
             return None
-        return cls(found, batch_size=batch_size, max_pairs=max_pairs)
+        return cls(found, batch_size=batch_size, max_pairs=max_pairs, folds=folds)
 
     @property
     def names(self) -> list[str]:
         return list(self.pair_sets)
 
     def __call__(self, model, progress: bool = False) -> dict[str, float]:
-        """{set name: mean 10-fold accuracy} plus 'mean' over the sets.
+        """{set name: mean K-fold accuracy} plus 'mean' over the sets.
 
         `progress` shows a bar per pair set: validating LFW-sized sets takes long enough on a CPU that
         a training bar standing still at 100% looks like a hang.
@@ -59,7 +65,20 @@ class Validator:
         # (the weights are variables, so the trace sees every update) instead of re-tracing each time.
         if self._embedder is None or self._embedder.model is not model:
             self._embedder = Embedder(model)
-        results = evaluate_model(self._embedder, self.pair_sets, batch_size=self.batch_size, progress=progress)
+        results = evaluate_model(self._embedder, self.pair_sets, batch_size=self.batch_size, progress=progress,
+                                 folds=self.folds)
         scores = {name: float(result.accuracy_mean) for name, result in results.items()}
         scores["mean"] = float(np.mean(list(scores.values()))) if scores else 0.0
         return scores
+
+
+def _check_folds(where, issame: np.ndarray, folds: int) -> None:
+    """Every one of the `folds` contiguous folds needs a same and a different pair (the metric's protocol)."""
+    from face_recognition_tf.errors import ConfigError
+    from face_recognition_tf.evaluation.verification import folds_hold_both_kinds
+
+    if not folds_hold_both_kinds(issame, folds):
+        raise ConfigError(
+            f"{where}: {int(issame.sum())} same and {int((~issame).sum())} different pairs cannot fill "
+            f"validation.folds={folds} folds with both kinds; set validation.folds lower (as the set's "
+            "make-pairs --folds) or validation.max_pairs higher")
