@@ -11,6 +11,7 @@ from face_recognition_tf.faces.align import (
     estimate_transform,
     template_for_size,
     transform_points,
+    warp_face,
 )
 from face_recognition_tf.faces.detect import (
     IMAGE_SUFFIXES,
@@ -23,6 +24,7 @@ from face_recognition_tf.faces.detect import (
     read_image,
 )
 from face_recognition_tf.faces.gallery import Gallery, Match, l2_normalize
+from face_recognition_tf.faces.images import aligned_tree, identity_folders, read_rgb
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -34,12 +36,16 @@ __all__ = [
     "Match",
     "NoFaceError",
     "align_face",
+    "aligned_tree",
     "as_rgb_image",
     "estimate_transform",
+    "identity_folders",
     "l2_normalize",
     "list_images",
     "load_rgb",
     "read_image",
+    "read_rgb",
     "template_for_size",
     "transform_points",
+    "warp_face",
 ]

@@ -37,7 +37,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="MTCNN runs on a copy of each photo at most this long (default 1280); the crop "
                              "is cut from the full-resolution photo")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="detector processes (default: one per core, at most 4; 1 runs in this process)")
+                        help="detector processes (default: one per core, at most 4, and at most one per 30 photos; "
+                             "1 runs in this process)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo every photo (needed to change settings on an existing OUT, or to write into a "
                              "folder that is not an align output)")

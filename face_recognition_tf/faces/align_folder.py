@@ -270,8 +270,10 @@ def _work(photo: Photo) -> dict:
 
 
 def default_workers(todo: int) -> int:
-    """One process per core, at most 4, and none idle: a worker pays TensorFlow's start-up (seconds)."""
-    return max(1, min(os.cpu_count() or 1, 4, math.ceil(todo / 8)))
+    """One process per core, at most 4, and one per 30 photos: a worker pays TensorFlow's and MTCNN's
+    start-up (about 8 s, some 15 photos' detection), so a small folder is faster in this process
+    (docs/benchmarks.md, "Aligning raw photos")."""
+    return max(1, min(os.cpu_count() or 1, 4, math.ceil(todo / 30)))
 
 
 # -- resuming ----------------------------------------------------------------------------------------
