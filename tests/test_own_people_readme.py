@@ -85,8 +85,8 @@ def test_readme_sequence_from_raw_photos_to_report(tmp_path, monkeypatch, capsys
     assert json.loads(Path("parts/split.json").read_text())["aligned"] is True
     assert {p.name for p in Path("parts/test").iterdir()} == {"cameraman", "eileen", "grace"}
     model = Path("output/mine")
-    assert (model / "embedding.keras").is_file() and (model / "best" / "embedding.keras").is_file()
-    assert json.loads((model / "threshold.json").read_text())["far_target"] == pytest.approx(1e-3)
+    assert (model / "embedding.keras").is_file() and (model / "best" / "backbone.json").is_file()
+    assert json.loads((model / "best" / "threshold.json").read_text())["far_target"] == pytest.approx(1e-3)
 
     report = json.loads(Path("report/report.json").read_text())
     ident = report["identification"]
@@ -96,5 +96,5 @@ def test_readme_sequence_from_raw_photos_to_report(tmp_path, monkeypatch, capsys
     assert "rank-1" in out
 
     # and the sentence after the block: name the person in a new, raw photo
-    assert frtf(["identify", "output/mine", str(raw["grace"]), "--gallery", "parts/train"]) == 0
+    assert frtf(["identify", "output/mine/best", str(raw["grace"]), "--gallery", "parts/train"]) == 0
     assert re.search(r"grace|eileen|cameraman|unknown", capsys.readouterr().out)

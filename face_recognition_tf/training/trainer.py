@@ -644,6 +644,9 @@ class Trainer:
                 self.best = scores["mean"]
                 ck.save_keras_atomic(self.step_fn.backbone, self.run_dir / ck.BEST_DIR / ck.FINAL_MODEL)
                 ck.write_json_atomic(self.run_dir / ck.BEST_DIR / "best.json", scores)
+                # with its architecture beside it, RUN/best is a model folder every command takes (calibrate
+                # stores the threshold there; report, identify and the demo load it)
+                ck.write_json_atomic(self.run_dir / ck.BEST_DIR / ck.BACKBONE_SPEC, self.backbone_spec)
         tqdm_write("step {}: validation {}".format(
             step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "step")))
         if self.stopper is not None:
