@@ -64,6 +64,48 @@ def test_numpy_items_and_numpy_issame(tmp_path):
     np.testing.assert_array_equal(images, ref)
 
 
+def _as_numpy1(data: bytes) -> bytes:
+    """The same pickle as numpy 1.16-1.26 writes it: its private module was `numpy.core`, not `numpy._core`
+    (re-framed by pickletools, since protocol 5 frames carry their lengths)."""
+    import pickletools
+
+    renamed = data.replace(b"\x8c\x13numpy._core.numeric", b"\x8c\x12numpy.core.numeric")
+    assert renamed != data
+    return pickletools.optimize(renamed)
+
+
+@pytest.mark.parametrize("numpy1", [False, True], ids=["installed-numpy", "numpy-1.x"])
+def test_protocol_5_numpy_arrays(tmp_path, numpy1):
+    """numpy >= 1.16 pickles arrays at protocol 5 through `_frombuffer` (bytes for a read-only array,
+    a bytearray for a writable one); items, issame and already decoded pixels all load."""
+    jpegs, issame = _jpegs(4, seed=3), [True, False]
+    ref, _ = load_bin(_save(tmp_path / "ref.bin", jpegs, issame))
+    items = [np.frombuffer(jpegs[0], np.uint8), np.frombuffer(jpegs[1], np.uint8).copy(),
+             np.frombuffer(jpegs[2], np.uint8), np.frombuffer(jpegs[3], np.uint8).copy()]
+    for name, obj in (("items.bin", (items, np.array(issame))), ("pixels.bin", (ref, issame))):
+        data = pickle.dumps(obj, protocol=5)
+        assert b"_frombuffer" in data
+        path = tmp_path / name
+        path.write_bytes(_as_numpy1(data) if numpy1 else data)
+        images, same = load_bin(path)
+        np.testing.assert_array_equal(images, ref)
+        assert same.tolist() == issame
+
+
+@pytest.mark.parametrize("protocol, before, after", [
+    (5, b"\x8c\x02u1", b"\x8c\x02O8"),
+    (2, b"X\x02\x00\x00\x00u1", b"X\x02\x00\x00\x00O8"),
+])
+def test_an_array_of_python_objects_is_refused(tmp_path, protocol, before, after):
+    """Arrays are rebuilt from raw bytes as numbers only: an object dtype (whose "bytes" would be read as
+    pointers; numpy's own dtype state can even clear its has-object flag) is refused at both protocols."""
+    data = pickle.dumps(([np.zeros(4, np.uint8)] * 2, [True]), protocol=protocol)
+    path = tmp_path / "odd.bin"
+    path.write_bytes(data.replace(before, after))
+    with pytest.raises(DatasetError, match=r"odd\.bin: not a readable pair-set pickle.*only numbers"):
+        load_bin(path)
+
+
 def _save(path, jpegs, issame):
     save_bin(path, jpegs, issame)
     return path

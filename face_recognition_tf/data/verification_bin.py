@@ -2,13 +2,17 @@
 
 insightface stores each set as a pickle of `(list of 2N JPEG byte strings, list of N issame
 bools)`, pairs being consecutive images.  The files were written by Python 2 (str = bytes, so they
-need `encoding="bytes"`) or Python 3, and some hold numpy arrays instead of bytes.  A pickle can run
+need `encoding="bytes"`) or Python 3, and some hold numpy arrays instead of bytes (pickled with
+`_reconstruct` up to protocol 4, from raw bytes with `_frombuffer` at protocol 5).  A pickle can run
 arbitrary code while loading, and these files come from the internet, so the unpickler here only
-rebuilds plain containers and numpy arrays and refuses every other global *before* calling it.
+rebuilds plain containers and numeric arrays, with its own small functions standing in for numpy's
+(`_GLOBALS`), and refuses every other global *before* calling it.
 """
 
 from __future__ import annotations
 
+import codecs
+import copyreg
 import io
 import pickle
 from pathlib import Path
@@ -18,24 +22,100 @@ import numpy as np
 from face_recognition_tf.atomic import atomic_file
 from face_recognition_tf.errors import DatasetError
 
-# The only globals a pair-set pickle legitimately needs (numpy arrays and scalars, py2 / py3 names).
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy", "bool_"),
-    ("numpy", "uint8"),
-    ("builtins", "bytearray"),
-    ("__builtin__", "bytearray"),
-    ("_codecs", "encode"),  # py3 writes bytes for a py2 reader as _codecs.encode(str, 'latin1')
-    ("copy_reg", "_reconstructor"),
-    ("copyreg", "_reconstructor"),
-    ("builtins", "object"),
-    ("__builtin__", "object"),
+# Numeric dtypes an image, a flag or a pixel array can have; an object dtype would read pointers from the file.
+_NUMERIC_KINDS = "buif"
+
+
+class _DtypeSpec:
+    """Stands in for `numpy.dtype(...)` while unpickling: numpy's own `dtype.__setstate__` takes flag bits
+    from the file (a pickle can clear an object dtype's has-object flag), so the dtype is built here from
+    its type string and byte order only, and only for numbers."""
+
+    def __init__(self, spec, align=False, copy=True):
+        dtype = np.dtype(spec if isinstance(spec, str) else bytes(spec).decode("ascii"))
+        if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+            raise pickle.UnpicklingError(f"dtype {dtype!r} (only numbers are pixels or flags)")
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        order = state[1] if isinstance(state, tuple) and len(state) > 1 else "|"
+        order = order.decode("ascii") if isinstance(order, bytes) else order
+        if order in "<>":
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _NdarrayClass:
+    """What `numpy.ndarray` names in a pickle: only an argument of `_reconstruct`, never called."""
+
+
+def _raw_bytes(data) -> bytes:
+    if isinstance(data, pickle.PickleBuffer):
+        return bytes(data.raw())
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, str):  # a py2 str read as text
+        return data.encode("latin1")
+    raise pickle.UnpicklingError(f"array data of type {type(data).__name__} (an object array?)")
+
+
+def _array(data, spec, shape, fortran: bool) -> np.ndarray:
+    if not isinstance(spec, _DtypeSpec):
+        raise pickle.UnpicklingError("an array without a numeric dtype")
+    shape = tuple(int(n) for n in shape)
+    return np.frombuffer(_raw_bytes(data), dtype=spec.dtype).reshape(shape, order="F" if fortran else "C")
+
+
+class _ArrayState:
+    """What `_reconstruct(ndarray, ...)` returns while unpickling (protocols 0-4): the array is made from
+    the state `BUILD` hands over, by `_array`, never by numpy's `ndarray.__setstate__` on file data."""
+
+    array = None
+
+    def __setstate__(self, state):
+        if len(state) == 5:  # (version, shape, dtype, is_fortran, data)
+            state = state[1:]
+        shape, spec, fortran, data = state
+        self.array = _array(data, spec, shape, bool(fortran))
+
+
+def _reconstruct(cls, shape, typecode):
+    if cls is not _NdarrayClass:
+        raise pickle.UnpicklingError("_reconstruct of something other than an ndarray")
+    return _ArrayState()
+
+
+def _array_from_buffer(buffer, spec, shape, order="C"):
+    """Protocol 5 (numpy >= 1.16 under Python 3): an array pickled as its raw bytes."""
+    return _array(buffer, spec, shape, order == "F")
+
+
+def _scalar(spec, data=None):
+    """numpy scalars (an `np.bool_` issame flag) are pickled as a dtype and their bytes."""
+    if not isinstance(spec, _DtypeSpec) or data is None:
+        raise pickle.UnpicklingError("a numpy scalar without a numeric dtype and its bytes")
+    return np.frombuffer(_raw_bytes(data), dtype=spec.dtype)[0]
+
+
+# Every global a pair-set pickle legitimately names, resolved to what is built here: numpy's names as
+# numpy 1.x (`numpy.core`) and numpy 2 (`numpy._core`) write them, and the py2 spellings.  Nothing else
+# loads, and no numpy function sees the file's data.
+_GLOBALS = {
+    ("numpy", "dtype"): _DtypeSpec,
+    ("numpy", "ndarray"): _NdarrayClass,
+    ("numpy", "bool_"): np.bool_,
+    ("numpy", "uint8"): np.uint8,
+    ("builtins", "bytearray"): bytearray,
+    ("__builtin__", "bytearray"): bytearray,
+    ("_codecs", "encode"): codecs.encode,  # py3 writes bytes for a py2 reader as _codecs.encode(str, 'latin1')
+    ("copy_reg", "_reconstructor"): copyreg._reconstructor,
+    ("copyreg", "_reconstructor"): copyreg._reconstructor,
+    ("builtins", "object"): object,
+    ("__builtin__", "object"): object,
 }
+for _core in ("numpy.core", "numpy._core"):
+    _GLOBALS[f"{_core}.multiarray", "_reconstruct"] = _reconstruct
+    _GLOBALS[f"{_core}.multiarray", "scalar"] = _scalar
+    _GLOBALS[f"{_core}.numeric", "_frombuffer"] = _array_from_buffer
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -44,10 +124,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._path = path
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
+        if (module, name) in _GLOBALS:
+            return _GLOBALS[module, name]
         raise DatasetError(f"{self._path}: refusing to load: the pickle asks for {module}.{name}, which a "
                            "verification pair set never needs (it could run code)")
+
+
+def _arrays(obj, depth: int = 0):
+    """The loaded structure with each `_ArrayState` replaced by its array (pair sets nest two levels)."""
+    if isinstance(obj, _ArrayState):
+        if obj.array is None:
+            raise pickle.UnpicklingError("an array without its data")
+        return obj.array
+    if depth < 3 and isinstance(obj, (list, tuple)):
+        return type(obj)(_arrays(item, depth + 1) for item in obj)
+    return obj
 
 
 def _unpickle(path: Path):
@@ -55,7 +146,7 @@ def _unpickle(path: Path):
     errors = []
     for kwargs in ({}, {"encoding": "bytes"}):  # py3 pickle first, then py2 str-as-bytes
         try:
-            return _RestrictedUnpickler(io.BytesIO(data), path, **kwargs).load()
+            return _arrays(_RestrictedUnpickler(io.BytesIO(data), path, **kwargs).load())
         except DatasetError:
             raise
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
