@@ -32,6 +32,7 @@ COMMANDS = {
     "split": ("face_recognition_tf.data.split", "split a folder of aligned identity sub-folders into train/val/test"),
     "calibrate": ("face_recognition_tf.evaluation.calibrate", "find the threshold at a target false-accept rate and store it with the model"),
     "report": ("face_recognition_tf.evaluation.identify_report", "identification and verification report on a gallery and probe folder"),
+    "demo": ("face_recognition_tf.demo.cli", "web page (Gradio) to verify, identify and enroll faces with a model"),
 }
 # commands that never import TensorFlow: no need to pay for it up front
 WITHOUT_TENSORFLOW = {"convert", "sample", "make-pairs", "split"}
