@@ -197,3 +197,28 @@ def test_training_validation_takes_the_sets_folds_and_refuses_sets_that_cannot_f
     with pytest.raises(ConfigError, match=r"val\.bin: 3 same and 3 different pairs cannot fill "
                                           r"validation\.folds=10 folds"):
         Validator({"val": tmp_path / "val.bin"})
+
+
+@pytest.mark.parametrize("layout", ["alternating", "insightface"])
+def test_validation_max_pairs_keeps_both_kinds_in_every_fold(layout):
+    """validation.max_pairs picks a subset with same and different pairs in the file's proportion, spread
+    over the file: a plain stride over alternating same/different pairs used to keep only same pairs, and
+    training refused the set it had shrunk itself."""
+    from face_recognition_tf.evaluation.verification import folds_hold_both_kinds
+    from face_recognition_tf.training.validation import Validator
+
+    if layout == "alternating":
+        issame = np.arange(20) % 2 == 0
+    else:  # 10 folds of 30 same then 30 different pairs, as LFW's .bin
+        issame = np.tile(np.repeat([True, False], 30), 10)
+    images = np.arange(2 * len(issame), dtype=np.int32).reshape(-1, 1, 1, 1)  # image i holds i
+    for max_pairs, folds in [(10, 2), (20, 10), (40, 10)]:
+        if max_pairs >= len(issame):
+            continue
+        validator = Validator({"val": (images, issame)}, max_pairs=max_pairs, folds=folds)
+        kept_images, kept = validator.pair_sets["val"]
+        assert len(kept) == max_pairs and kept.sum() == max_pairs // 2
+        assert folds_hold_both_kinds(kept, folds)
+        # whole pairs: the two images of a kept pair stay side by side, in file order
+        first = kept_images[0::2, 0, 0, 0].astype(int)
+        assert np.array_equal(kept_images[1::2, 0, 0, 0], first + 1) and np.all(np.diff(first) > 0)

@@ -27,12 +27,11 @@ class Validator:
                 images, issame = load_bin(value)
             else:
                 images, issame = value
-            if max_pairs and len(issame) > max_pairs:
-                # keep whole pairs, spread over the file (sets are often ordered by fold)
-                keep = np.linspace(0, len(issame) - 1, max_pairs).astype(int)
-                idx = np.stack([2 * keep, 2 * keep + 1], axis=1).reshape(-1)
-                images, issame = images[idx], np.asarray(issame)[keep]
             issame = np.asarray(issame, dtype=bool)
+            if max_pairs and len(issame) > max_pairs:
+                keep = _spread_subset(issame, max_pairs)
+                idx = np.stack([2 * keep, 2 * keep + 1], axis=1).reshape(-1)
+                images, issame = images[idx], issame[keep]
             _check_folds(value if isinstance(value, (str, Path)) else name, issame, self.folds)
             self.pair_sets[name] = (images, issame)
         self.batch_size = int(batch_size)
@@ -70,6 +69,18 @@ class Validator:
         scores = {name: float(result.accuracy_mean) for name, result in results.items()}
         scores["mean"] = float(np.mean(list(scores.values()))) if scores else 0.0
         return scores
+
+
+def _spread_subset(issame: np.ndarray, max_pairs: int) -> np.ndarray:
+    """Indices of `max_pairs` whole pairs, same and different in the file's proportion, each kind spread
+    evenly over the file and kept in file order, so the subset keeps the set's fold layout (insightface's
+    sets are ordered fold by fold) and no fold is left with a single kind by an unlucky stride."""
+    same, different = np.flatnonzero(issame), np.flatnonzero(~issame)
+    n_same = int(round(max_pairs * len(same) / len(issame)))
+    n_same = min(len(same), max(n_same, 1 if len(same) else 0), max_pairs - (1 if len(different) else 0))
+    picks = [kind[np.linspace(0, len(kind) - 1, n).astype(int)] for kind, n in
+             ((same, n_same), (different, max_pairs - n_same)) if n > 0]
+    return np.sort(np.concatenate(picks))
 
 
 def _check_folds(where, issame: np.ndarray, folds: int) -> None:
