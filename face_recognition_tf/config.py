@@ -25,11 +25,17 @@ from face_recognition_tf.errors import ConfigError
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 BACKBONES = ("r18", "r34", "r50", "r100", "mobilefacenet")
-HEADS = ("arcface", "cosface", "sphereface", "combined", "softmax")
+HEADS = ("arcface", "cosface", "sphereface", "combined", "softmax", "triplet")
+HEAD_GRADIENTS = ("exact", "straight_through")
+SPHEREFACE_FORMS = ("normalized", "insightface")
+TRIPLET_MINING = ("batch_hard", "semi_hard")
+SAMPLERS = ("shuffle", "pk")
 NORMALIZATIONS = ("batch", "batch_renorm", "group")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "piecewise", "polynomial", "cosine_restarts")
-REGULARIZATION = ("l2", "decoupled")
+REGULARIZATION = ("l2", "decoupled", "coupled")
+WEIGHT_DECAY_SCOPES = ("kernels", "all")
+CLIP_SCOPES = ("all", "backbone")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "central_storage", "multi_worker")
 FREEZE = ("none", "first_layers", "all_but_embedding", "all_but_head")
@@ -50,19 +56,47 @@ class ModelConfig:
     renorm_clipping: Optional[Any] = None
     renorm_momentum: float = 0.99
     groups: int = 32
+    # the input normalisation the backbone is trained on, (x - input_mean) / input_std; the data pipeline
+    # always feeds (x - 127.5) / 128, so another value puts an InputNormalization layer first in the model
+    # (arcface_torch trains on (x - 127.5) / 127.5)
+    input_mean: float = 127.5
+    input_std: float = 128.0
+
+
+@dataclass
+class PartialFCConfig:
+    # Partial FC (arcface_torch): the class centres sharded across replicas (each holds C/R of them, no
+    # all-reduce of their gradient), softmax exact across shards; for 100k+ classes (models/partial_fc.py)
+    enabled: bool = False
+    # < 1: each update keeps the batch's classes plus random others, up to this share of every shard
+    sample_rate: float = 1.0
 
 
 @dataclass
 class HeadConfig:
     name: str = "arcface"
     s: float = 64.0
-    # null = the head's own default (arcface 0.5, cosface 0.35, sphereface 4)
+    # null = the head's own default (arcface 0.5, cosface 0.35 (arcface_torch's recipes: 0.4), sphereface 4,
+    # triplet 0.5)
     m: Optional[float] = None
     # combined margin cos(m1*theta + m2) - m3 (insightface's m1, m2, m3)
     m1: float = 1.0
     m2: float = 0.5
     m3: float = 0.0
     easy_margin: bool = False
+    # arcface / combined: exact (differentiate cos(theta + m), insightface's classic code) or straight_through
+    # (today's arcface_torch: margin computed without gradient, d(logit)/d(cos) = s)
+    gradient: str = "exact"
+    # sphereface: normalized (features normalised, scale s) or insightface (raw features, lambda annealed)
+    sphereface_form: str = "normalized"
+    # sphereface insightface form: lambda = max(lambda_min, lambda_base * (1 + lambda_gamma * step)^-lambda_power)
+    lambda_base: float = 1000.0
+    lambda_gamma: float = 0.12
+    lambda_power: float = 1.0
+    lambda_min: float = 5.0
+    # triplet: batch_hard or semi_hard (FaceNet) online mining; needs data.sampler: pk
+    mining: str = "batch_hard"
+    partial_fc: PartialFCConfig = field(default_factory=PartialFCConfig)
 
 
 @dataclass
@@ -80,6 +114,10 @@ class DataConfig:
     # leave out records whose JPEG does not decode (found by a scan before training, listed and counted)
     # instead of stopping at the first one; `frtf convert --verify` or --skip-corrupt is the better fix
     skip_corrupt: bool = False
+    # shuffle: plain shuffled batches; pk: every per-replica batch is train.batch_size / K identities with
+    # K = images_per_identity images each (the triplet head needs it)
+    sampler: str = "shuffle"
+    images_per_identity: int = 4
 
 
 @dataclass
@@ -90,6 +128,8 @@ class ScheduleConfig:
     warmup_start_factor: float = 0.0
     # piecewise: decay points as fractions of train.max_steps, lr multiplied by `factor` at each
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75, 0.875])
+    # piecewise: decay points as update counts (published recipes give steps); when set, wins over milestones
+    milestone_steps: List[int] = field(default_factory=list)
     factor: float = 0.1
     # polynomial: lr -> lr * end_factor over the steps after warm-up
     power: float = 2.0
@@ -127,12 +167,18 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     weight_decay: float = 5e-4
-    # l2: kernel L2 regularizers added to the loss (the original project); decoupled: SGDW / AdamW
+    # l2: kernel L2 regularizers added to the loss (the original project); decoupled: SGDW / AdamW;
+    # coupled: SGD adds wd x w to each gradient after clipping, before momentum (torch.optim.SGD, MXNet SGD)
     regularization: str = "l2"
+    # which variables weight decay reaches: kernels (conv, dense and head kernels) or all (every trainable
+    # variable: also BN gamma/beta, PReLU slopes, biases, as torch.optim.SGD over model.parameters())
+    weight_decay_scope: str = "kernels"
     # the original project's coefficient on the regularization loss, decayed while it dominates
     reg_coef: float = 1.0
     reg_coef_decay: float = 0.8
     clip_norm: Optional[float] = None
+    # which gradients clip_norm measures and clips: all (backbone + head) or backbone (arcface_torch)
+    clip_scope: str = "all"
     precision: str = "float32"
     jit_compile: bool = False
     skip_nonfinite: bool = False
@@ -196,9 +242,15 @@ _CHOICES = {
     "model.backbone": BACKBONES,
     "model.normalization": NORMALIZATIONS,
     "head.name": HEADS,
+    "head.gradient": HEAD_GRADIENTS,
+    "head.sphereface_form": SPHEREFACE_FORMS,
+    "head.mining": TRIPLET_MINING,
+    "data.sampler": SAMPLERS,
     "train.strategy": STRATEGIES,
     "train.optimizer": OPTIMIZERS,
     "train.regularization": REGULARIZATION,
+    "train.weight_decay_scope": WEIGHT_DECAY_SCOPES,
+    "train.clip_scope": CLIP_SCOPES,
     "train.precision": PRECISIONS,
     "train.schedule.name": SCHEDULES,
     "finetune.freeze": FREEZE,
@@ -304,6 +356,17 @@ def validate(cfg: DictConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'train.weight_decay' must be >= 0")
     if t.clip_norm is not None and t.clip_norm <= 0:
         raise ConfigError(f"{source}: 'train.clip_norm' must be positive or null")
+    if t.regularization == "coupled" and t.optimizer != "sgd":
+        raise ConfigError(f"{source}: 'train.regularization: coupled' is SGD's weight decay; use it with "
+                          "train.optimizer=sgd (adamw decays decoupled)")
+    if t.weight_decay_scope == "all" and t.regularization == "l2":
+        raise ConfigError(f"{source}: 'train.weight_decay_scope: all' needs train.regularization coupled or "
+                          "decoupled (l2 mode puts regularizers on the models' kernels only)")
+    if cfg.model.input_std <= 0:
+        raise ConfigError(f"{source}: 'model.input_std' must be positive, got {cfg.model.input_std}")
+    steps = list(t.schedule.milestone_steps)
+    if any(s <= 0 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ConfigError(f"{source}: 'train.schedule.milestone_steps' must be increasing positive update counts")
     if t.lr_reference_batch is not None and t.lr_reference_batch <= 0:
         raise ConfigError(f"{source}: 'train.lr_reference_batch' must be positive or null")
     sched = t.schedule
@@ -317,6 +380,8 @@ def validate(cfg: DictConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'model.dropout' must be in [0, 1)")
     if cfg.data.num_classes is not None and cfg.data.num_classes <= 0:
         raise ConfigError(f"{source}: 'data.num_classes' comes from the manifest; remove it or make it positive")
+    _validate_head_and_sampler(cfg, source)
+    _validate_partial_fc(cfg, source)
     if cfg.finetune.freeze == "first_layers" and cfg.finetune.freeze_layers <= 0:
         raise ConfigError(f"{source}: 'finetune.freeze: first_layers' needs 'finetune.freeze_layers' > 0")
     from face_recognition_tf.training.finetune import check_finetune_config
@@ -324,12 +389,51 @@ def validate(cfg: DictConfig, source: str) -> None:
     check_finetune_config(cfg, source)
 
 
+def _validate_head_and_sampler(cfg: DictConfig, source: str) -> None:
+    h, d = cfg.head, cfg.data
+    if h.gradient == "straight_through" and h.name not in ("arcface", "combined", "cosface"):
+        raise ConfigError(f"{source}: 'head.gradient: straight_through' is for arcface, combined and cosface; "
+                          f"head {h.name} has only the exact gradient")
+    if h.gradient == "straight_through" and h.easy_margin:
+        raise ConfigError(f"{source}: 'head.easy_margin' belongs to the exact gradient; the straight-through form "
+                          "(today's arcface_torch) has no fallback to choose")
+    if min(h.lambda_base, h.lambda_gamma, h.lambda_power, h.lambda_min) < 0:
+        raise ConfigError(f"{source}: 'head.lambda_base/lambda_gamma/lambda_power/lambda_min' must be >= 0")
+    if h.name == "triplet" and d.sampler != "pk":
+        raise ConfigError(f"{source}: 'head.name: triplet' mines triplets inside each batch and needs identity-"
+                          "balanced batches: set data.sampler=pk (and data.images_per_identity)")
+    if h.name == "triplet" and h.m is not None and h.m < 0:
+        raise ConfigError(f"{source}: 'head.m' (the triplet margin) must be >= 0")
+    if d.sampler == "pk":
+        from face_recognition_tf.data.pk_sampler import check_pk
+
+        try:
+            check_pk(int(cfg.train.batch_size), int(d.images_per_identity))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: data.sampler=pk: {exc}") from None
+
+
+def _validate_partial_fc(cfg: DictConfig, source: str) -> None:
+    pfc, h = cfg.head.partial_fc, cfg.head
+    if not 0 < pfc.sample_rate <= 1:
+        raise ConfigError(f"{source}: 'head.partial_fc.sample_rate' must be in (0, 1], got {pfc.sample_rate}")
+    if pfc.enabled and (h.name not in ("arcface", "cosface", "combined", "sphereface")
+                        or h.sphereface_form != "normalized"):
+        raise ConfigError(f"{source}: 'head.partial_fc' shards the class centres of a normalised margin head "
+                          f"(arcface, cosface, combined, sphereface in its normalized form), not head {h.name}")
+    if pfc.enabled and cfg.train.strategy == "central_storage":
+        raise ConfigError(f"{source}: 'head.partial_fc' keeps centres on each replica's device; central_storage "
+                          "keeps every variable in one place: use mirrored or multi_worker")
+    if pfc.enabled and cfg.train.jit_compile:
+        raise ConfigError(f"{source}: 'head.partial_fc' samples a varying number of centres; set train.jit_compile=false")
+
+
 def _l2_factor(cfg: DictConfig) -> float:
     """The models' L2 factor for `train.weight_decay`.
 
     `train.weight_decay` means what it means in insightface's SGD: the update adds wd x w to the
     gradient.  A Keras L2(f) regularizer adds f x ||w||^2 (gradient 2 f w), hence f = wd / 2.
-    Decoupled mode puts no regularizer on the models at all.
+    Decoupled and coupled modes put no regularizer on the models at all: the optimizer decays.
     """
     if cfg.train.regularization != "l2":
         return 0.0
@@ -337,10 +441,18 @@ def _l2_factor(cfg: DictConfig) -> float:
 
 
 def backbone_kwargs(cfg: DictConfig) -> dict:
-    """The exact `build_backbone` arguments (written to RUN/backbone.json)."""
+    """The exact `build_backbone` arguments (written to RUN/backbone.json).
+
+    The input normalisation is listed only when it is not the models' standard (x - 127.5) / 128, so
+    the backbone.json of every run that does not ask for another one stays as it was (resume compares it).
+    """
     m = cfg.model
     weight_decay = _l2_factor(cfg)
     clipping = OmegaConf.to_container(m.renorm_clipping) if isinstance(m.renorm_clipping, DictConfig) else m.renorm_clipping
+    from face_recognition_tf.models.input_normalization import is_standard
+
+    normalisation = {} if is_standard(m.input_mean, m.input_std) else {
+        "input_mean": float(m.input_mean), "input_std": float(m.input_std)}
     return {
         "name": m.backbone,
         "embedding_size": int(m.embedding_size),
@@ -354,6 +466,7 @@ def backbone_kwargs(cfg: DictConfig) -> dict:
         "renorm_clipping": clipping,
         "renorm_momentum": float(m.renorm_momentum),
         "groups": int(m.groups),
+        **normalisation,
     }
 
 
@@ -363,8 +476,16 @@ def head_kwargs(cfg: DictConfig, num_classes: int) -> dict:
     return {
         "name": h.name, "num_classes": int(num_classes), "embedding_size": int(cfg.model.embedding_size),
         "s": float(h.s), "m": None if h.m is None else float(h.m), "m1": float(h.m1), "m2": float(h.m2), "m3": float(h.m3),
-        "easy_margin": bool(h.easy_margin), "weight_decay": float(weight_decay),
+        "easy_margin": bool(h.easy_margin), "weight_decay": float(weight_decay), **_head_options(h),
     }
+
+
+def _head_options(h) -> dict:
+    """The head settings added with issue 12, listed only where they differ from the defaults, so the
+    head.json of every earlier run stays as it was (resume compares it)."""
+    defaults = HeadConfig()
+    keys = ("gradient", "sphereface_form", "lambda_base", "lambda_gamma", "lambda_power", "lambda_min", "mining")
+    return {k: h[k] for k in keys if h[k] != getattr(defaults, k)}
 
 
 def to_yaml(cfg: DictConfig) -> str:

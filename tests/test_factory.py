@@ -10,6 +10,7 @@ from face_recognition_tf.models import (
     CosFace,
     SoftmaxHead,
     SphereFace,
+    TripletHead,
     backbone_names,
     build_backbone,
     build_head,
@@ -22,7 +23,7 @@ from face_recognition_tf.models import (
 
 def test_names():
     assert backbone_names() == ["mbf_large", "mobilefacenet", "r100", "r18", "r200", "r34", "r50"]
-    assert head_names() == ["arcface", "combined", "cosface", "softmax", "sphereface"]
+    assert head_names() == ["arcface", "combined", "cosface", "softmax", "sphereface", "triplet"]
 
 
 @pytest.mark.parametrize(
@@ -37,11 +38,20 @@ def test_names():
         ("combined", {"m1": 1.35, "m2": 0.0, "m3": 0.1}, CombinedMargin,
          {"m1": 1.35, "m2": 0.0, "m3": 0.1}),
         ("softmax", {"s": 10.0, "m": 0.2}, SoftmaxHead, {"num_classes": 5}),
+        ("arcface", {}, ArcFace, {"gradient": "exact"}),
+        ("sphereface", {}, SphereFace, {"form": "normalized", "lambda_base": 1000.0, "lambda_gamma": 0.12,
+                                        "lambda_power": 1.0, "lambda_min": 5.0}),
+        ("triplet", {}, TripletHead, {"margin": 0.5, "mining": "batch_hard"}),
+        ("triplet", {"m": 0.2, "mining": "semi_hard", "s": 3.0}, TripletHead, {"margin": 0.2, "mining": "semi_hard"}),
     ],
 )
 def test_head_defaults_and_arguments(name, kwargs, cls, expected):
     head = build_head(name, 5, 8, **kwargs)
-    assert type(head) is cls and head.kernel.shape == (8, 5)
+    assert type(head) is cls
+    if name == "triplet":
+        assert head.weights == []  # no class centres
+    else:
+        assert head.kernel.shape == (8, 5)
     config = head.get_config()
     assert {k: config[k] for k in expected} == expected
 

@@ -14,10 +14,17 @@ EMB = 4
 CLASSES = 3
 
 
-def reference_target(name, c, *, m=None, m1=1.0, m2=0.5, m3=0.0, easy_margin=False, lambda_=0.0):
+def reference_target(name, c, *, m=None, m1=1.0, m2=0.5, m3=0.0, easy_margin=False, lambda_=0.0,
+                     gradient="exact"):
     """Target cosine after the margin, straight from the papers / insightface, in float64."""
     c = np.asarray(c, np.float64)
     theta = np.arccos(np.clip(c, -1, 1))
+    if gradient == "straight_through":  # today's arcface_torch: the angle moved, no fallback at all
+        if name == "arcface":
+            return np.cos(theta + (0.5 if m is None else m))
+        if name == "combined":
+            return np.cos(m1 * theta + m2) - m3
+        return reference_target(name, c, m=m)  # cosface: the same value either way
     if name == "arcface":
         m = 0.5 if m is None else m
         if easy_margin:
@@ -70,6 +77,11 @@ CASES = [
     ("combined", {"m1": 1.0, "m2": 0.3, "m3": 0.2}),
     ("combined", {"m1": 1.35, "m2": 0.0, "m3": 0.0}),
     ("combined", {"m1": 0.9, "m2": 0.4, "m3": 0.15}),
+    ("arcface", {"gradient": "straight_through"}),
+    ("arcface", {"m": 0.3, "gradient": "straight_through"}),
+    ("combined", {"m1": 1.0, "m2": 0.3, "m3": 0.2, "gradient": "straight_through"}),
+    ("combined", {"m1": 1.0, "m2": 0.0, "m3": 0.4, "gradient": "straight_through"}),
+    ("cosface", {"m": 0.4, "gradient": "straight_through"}),
 ]
 
 
@@ -181,7 +193,7 @@ def test_softmax_is_a_plain_dense_layer():
     np.testing.assert_allclose(head.class_logits(emb).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", head_names())
+@pytest.mark.parametrize("name", [n for n in head_names() if n != "triplet"])  # triplet: no class centres
 def test_kernel_name_shape_and_weight_decay(name):
     head = build_head(name, 7, 16, weight_decay=1e-3)
     assert head.kernel.path.endswith("kernel") and tuple(head.kernel.shape) == (16, 7)
@@ -193,7 +205,9 @@ def test_kernel_name_shape_and_weight_decay(name):
 
 
 @pytest.mark.parametrize("name,kw", [("arcface", {"s": 32.0, "m": 0.4, "easy_margin": True}),
+                                     ("arcface", {"gradient": "straight_through"}),
                                      ("sphereface", {"m": 3, "lambda_": 2.0}),
+                                     ("sphereface", {"sphereface_form": "insightface", "lambda_gamma": 0.5}),
                                      ("combined", {"m1": 1.1, "m2": 0.3, "m3": 0.1}),
                                      ("cosface", {}), ("softmax", {})])
 def test_keras_save_load_round_trip(tmp_path, name, kw):
@@ -265,3 +279,200 @@ def test_arcface_training_separates_classes():
 def test_bad_head_arguments_are_config_errors(args, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         build_head(*args, **kwargs)
+
+
+# ---- issue 12: ArcFace's two gradients and SphereFace as insightface trained it, against float64 ----------
+
+def _ref_cosines(x, w):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0, keepdims=True))
+
+
+def _ref_margin_logits(x, w, labels, target, s, offset=None):
+    """s * cos with each target entry replaced by target(cos); straight-through: cos + a frozen offset."""
+    c = _ref_cosines(x, w)
+    rows = np.arange(len(labels))
+    t = c[rows, labels]
+    out = c.copy()
+    out[rows, labels] = target(t) if offset is None else t + offset
+    return s * out
+
+
+def _ref_sphere_insightface(x, w, labels, m, lam):
+    """insightface's MXNet LSoftmax: logits x . w/||w||, target ||x|| (lam cos + psi) / (1 + lam)."""
+    f = x @ (w / np.linalg.norm(w, axis=0, keepdims=True))
+    norm = np.linalg.norm(x, axis=1)
+    rows = np.arange(len(labels))
+    t = f[rows, labels] / norm
+    theta = np.arccos(np.clip(t, -1, 1))
+    k = np.floor(m * theta / math.pi)
+    psi = (-1.0) ** k * np.cos(m * theta) - 2 * k
+    out = f.copy()
+    out[rows, labels] = norm * (lam * t + psi) / (1 + lam)
+    return out
+
+
+def _ref_loss(logits, labels, weights):
+    """Cross-entropy plus a weighted sum of the logits, so every logit's own derivative counts."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    ce = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]
+    return ce.mean() + (weights * logits).sum()
+
+
+def _fd_grad(f, a, h=1e-6):
+    grad = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        up, down = a.copy(), a.copy()
+        up[idx] += h
+        down[idx] -= h
+        grad[idx] = (f(up) - f(down)) / (2 * h)
+    return grad
+
+
+def _tf_loss_and_grads(head, x, w, labels, weights):
+    head.kernel.assign(w.astype(np.float32))
+    xv = tf.Variable(x.astype(np.float32))
+    with tf.GradientTape() as tape:
+        logits = head(xv, labels)
+        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        loss = ce + tf.reduce_sum(weights.astype(np.float32) * logits)
+    gx, gw = tape.gradient(loss, [xv, head.kernel])
+    return logits.numpy(), gx.numpy(), gw.numpy()
+
+
+def _setup_with_target_cosines(cosines, seed=7):
+    """Random centres and embeddings (random norms) whose cosine with their own centre is `cosines`."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(EMB, CLASSES))
+    labels = np.arange(len(cosines)) % CLASSES
+    x = np.zeros((len(cosines), EMB))
+    for i, (c, y) in enumerate(zip(cosines, labels)):
+        centre = w[:, y] / np.linalg.norm(w[:, y])
+        u = rng.normal(size=EMB)
+        u -= (u @ centre) * centre
+        x[i] = (c * centre + math.sqrt(1 - c * c) * u / np.linalg.norm(u)) * rng.uniform(0.5, 3.0)
+    weights = rng.normal(scale=0.05, size=(len(cosines), CLASSES))
+    return x, w, labels.astype(np.int32), weights
+
+
+# both sides of insightface's cos(pi - m) edge (-0.878 for m = 0.5), and close to +-1
+ARC_COSINES = [-0.95, -0.9, -0.85, -0.3, 0.2, 0.7, 0.93]
+
+
+def _max_rel(a, b):
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("name,kw", [("arcface", {}), ("combined", {"m1": 1.0, "m2": 0.5, "m3": 0.1})])
+@pytest.mark.parametrize("gradient", ["exact", "straight_through"])
+def test_margin_values_and_gradients_match_float64_reference(name, kw, gradient):
+    s, m = 16.0, kw.get("m2", 0.5)
+    m3 = kw.get("m3", 0.0)
+    head = build_head(name, CLASSES, EMB, s=s, gradient=gradient, **kw)
+    x, w, labels, weights = _setup_with_target_cosines(ARC_COSINES)
+    if gradient == "exact":
+        def target(t):
+            return np.where(t > math.cos(math.pi - m), np.cos(np.arccos(t) + m), t - m * math.sin(m)) - m3
+        offset = None
+    else:  # arcface_torch: forward cos(theta + m), backward the identity, i.e. cos + a constant offset
+        def target(t):
+            return np.cos(np.arccos(t) + m) - m3
+        t0 = _ref_cosines(x, w)[np.arange(len(labels)), labels]
+        offset = target(t0) - t0
+    expected = _ref_margin_logits(x, w, labels, target, s)
+    logits, gx, gw = _tf_loss_and_grads(head, x, w, labels, weights)
+    np.testing.assert_allclose(logits / s, expected / s, atol=2e-6)
+
+    def loss_x(xx):
+        return _ref_loss(_ref_margin_logits(xx, w, labels, target, s, offset), labels, weights)
+
+    def loss_w(ww):
+        return _ref_loss(_ref_margin_logits(x, ww, labels, target, s, offset), labels, weights)
+
+    ref_gx, ref_gw = _fd_grad(loss_x, x), _fd_grad(loss_w, w)
+    assert _max_rel(gx, ref_gx) < 1e-5 and _max_rel(gw, ref_gw) < 1e-5  # float32 round-off: ~2e-7
+
+
+def test_straight_through_differs_from_exact_only_in_the_gradient_above_the_edge():
+    # above cos(pi - m) the values agree and only the backward pass differs; below it the values differ too
+    x, w, labels, weights = _setup_with_target_cosines(ARC_COSINES)
+    exact = _tf_loss_and_grads(build_head("arcface", CLASSES, EMB, s=16.0), x, w, labels, weights)
+    st = _tf_loss_and_grads(build_head("arcface", CLASSES, EMB, s=16.0, gradient="straight_through"),
+                            x, w, labels, weights)
+    rows = np.arange(len(labels))
+    above = np.array(ARC_COSINES) > math.cos(math.pi - 0.5)
+    np.testing.assert_allclose(exact[0][rows, labels][above], st[0][rows, labels][above], atol=1e-4)
+    assert np.all(np.abs(exact[0][rows, labels][~above] - st[0][rows, labels][~above]) > 0.1)
+    assert _max_rel(exact[1], st[1]) > 0.05
+
+
+def test_straight_through_logit_gradient_is_s_for_every_class():
+    # d(sum of logits)/d(cos) = s everywhere, even at cos = +-1 where the exact form's slope is infinite
+    head = build_head("arcface", CLASSES, EMB, s=8.0, gradient="straight_through")
+    cos = tf.constant(np.linspace(-1, 1, 9).reshape(-1, 1), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(cos)
+        target = head.target_logit(cos)
+    np.testing.assert_allclose(tape.gradient(target, cos).numpy(), 1.0)
+
+
+@pytest.mark.parametrize("iteration,lam", [(0, 1000.0), (10, 1000.0 / 2.2), (5000, 5.0)])
+def test_sphereface_insightface_form_matches_float64_reference(iteration, lam):
+    head = build_head("sphereface", CLASSES, EMB, sphereface_form="insightface")
+    head.iteration.assign(iteration)
+    assert float(head.current_lambda()) == pytest.approx(lam, rel=1e-6)
+    cosines = [-0.9, -0.6, -0.2, 0.1, 0.45, 0.8, 0.97]  # every k of m = 4 (edges at cos(j pi / 4))
+    x, w, labels, weights = _setup_with_target_cosines(cosines, seed=11)
+    logits, gx, gw = _tf_loss_and_grads(head, x, w, labels, weights)
+    expected = _ref_sphere_insightface(x, w, labels, 4, lam)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.class_logits(x.astype(np.float32)).numpy(),
+                               x @ (w / np.linalg.norm(w, axis=0)), rtol=1e-5, atol=1e-5)
+    ref_gx = _fd_grad(lambda xx: _ref_loss(_ref_sphere_insightface(xx, w, labels, 4, lam), labels, weights), x)
+    ref_gw = _fd_grad(lambda ww: _ref_loss(_ref_sphere_insightface(x, ww, labels, 4, lam), labels, weights), w)
+    assert _max_rel(gx, ref_gx) < 1e-5 and _max_rel(gw, ref_gw) < 1e-5  # float32 round-off: ~2e-7
+
+
+def test_sphereface_normalized_form_has_no_iteration_and_a_fixed_lambda():
+    head = build_head("sphereface", CLASSES, EMB, lambda_=3.0)
+    assert [w.path.split("/")[-1] for w in head.weights] == ["kernel"]
+    assert float(head.current_lambda()) == 3.0
+    head.advance()  # the trainer calls it for every head that has it: a no-op here
+
+
+def test_sphereface_iteration_advances_under_mirrored_and_is_checkpointed(tmp_path):
+    from face_recognition_tf.training.strategy import make_strategy
+
+    strategy = make_strategy("mirrored", cpu_replicas=2).strategy
+    with strategy.scope():
+        head = build_head("sphereface", CLASSES, EMB, sphereface_form="insightface")
+
+    @tf.function
+    def update():
+        lam = strategy.run(head.current_lambda)
+        head.advance()  # cross-replica, after the replicas read lambda, as in TrainStep
+        return strategy.experimental_local_results(lam)
+
+    first = [float(v) for v in update()]
+    second = [float(v) for v in update()]
+    assert first == [1000.0, 1000.0] and second == pytest.approx([1000.0 / 1.12] * 2)
+    assert [int(v) for v in strategy.experimental_local_results(head.iteration.value)] == [2, 2]
+    path = tf.train.Checkpoint(head=head).save(str(tmp_path / "ckpt"))
+    fresh = build_head("sphereface", CLASSES, EMB, sphereface_form="insightface")
+    tf.train.Checkpoint(head=fresh).restore(path).assert_consumed()
+    assert int(fresh.iteration.numpy()) == 2
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,match",
+    [
+        ("sphereface", {"gradient": "straight_through"}, "no straight-through form"),
+        ("softmax", {"gradient": "straight_through"}, "no straight-through form"),
+        ("arcface", {"gradient": "bogus"}, "gradient must be one of"),
+        ("arcface", {"gradient": "straight_through", "easy_margin": True}, "easy_margin"),
+        ("sphereface", {"sphereface_form": "bogus"}, "form must be one of"),
+        ("sphereface", {"sphereface_form": "insightface", "lambda_min": -1.0}, "lambda"),
+    ],
+)
+def test_bad_issue12_head_arguments_are_config_errors(name, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        build_head(name, CLASSES, EMB, **kwargs)

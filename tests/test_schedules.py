@@ -55,3 +55,10 @@ def test_linear_scaling_and_coefficient_rule():
     assert float(decayed_coefficient(1.0, 2.0, 3.0, 0.8)) == pytest.approx(0.8)
     assert float(decayed_coefficient(1.0, 4.0, 3.0, 0.8)) == pytest.approx(1.0)
     assert float(decayed_coefficient(0.5, 2.0, 3.0, 0.8)) == pytest.approx(0.5)
+
+
+def test_piecewise_milestone_steps_are_update_counts():
+    # MXNet's train.py: the rate drops once update 100 is done, so update 101 (step 100) is the first lower
+    s = build_schedule(_sched(name="piecewise", milestone_steps=[100, 160], milestones=[0.1]), 0.1, 180)
+    np.testing.assert_allclose(_values(s, [0, 99, 100, 159, 160, 179]), [0.1, 0.1, 0.01, 0.01, 0.001, 0.001],
+                               rtol=1e-6)

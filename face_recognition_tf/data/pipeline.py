@@ -4,7 +4,7 @@ Shape of the pipeline, and why:
   shard files (shuffled, split between input pipelines) -> interleave (parallel reads) ->
   shuffle serialized records (cheap to hold; the converter already spread identities over shards
   in a random order, so a modest buffer mixes identities) -> repeat -> batch the serialized
-  records -> per batch, in parallel: one vectorised parse, a decode loop (INTEGER_ACCURATE =
+  records (or group them P identities x K images, for triplet mining: pk_sampler.py) -> per batch, in parallel: one vectorised parse, a decode loop (INTEGER_ACCURATE =
   MXNet's decoder), flip/augment/normalise as whole-batch ops (one op for 128 images instead of
   128 small ones) -> prefetch.
 Randomness comes from stateless ops keyed by (seed, batch index), so `deterministic=True` gives the
@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from face_recognition_tf.data import augment as augment_lib
+from face_recognition_tf.data.pk_sampler import pk_batches
 from face_recognition_tf.data.tfrecord import IMAGE_KEY, LABEL_KEY, read_manifest
 from face_recognition_tf.errors import ConfigError
 from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
@@ -52,7 +53,7 @@ def shard_files(data_dir) -> tuple[list[str], dict]:
 
 def build_train_dataset(data_dir, batch_size, *, augment=None, shuffle_buffer=None, seed=None,
                         deterministic=False, repeat=True, drop_remainder=True, input_context=None,
-                        num_parallel_reads=None, exclude=()) -> tf.data.Dataset:
+                        num_parallel_reads=None, exclude=(), images_per_identity=None) -> tf.data.Dataset:
     """Batches of (float32 (B, 112, 112, 3) images, int32 (B,) labels) from a converted dataset.
 
     batch_size is per input pipeline (per replica under a distribution strategy).
@@ -60,6 +61,8 @@ def build_train_dataset(data_dir, batch_size, *, augment=None, shuffle_buffer=No
     shard files when there are enough, otherwise every n-th record).
     exclude: (shard index in the manifest, record position in the shard) pairs to leave out, e.g.
     the corrupt records `record_check.find_corrupt_records` found.
+    images_per_identity: K for identity-balanced batches (data/pk_sampler.py): every batch is
+    batch_size / K identities with K images each, in that order.  None: plain shuffled batches.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -95,7 +98,10 @@ def build_train_dataset(data_dir, batch_size, *, augment=None, shuffle_buffer=No
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if images_per_identity:
+        ds = pk_batches(ds, batch_size, int(images_per_identity), drop_remainder=drop_remainder)
+    else:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.enumerate()
 
     def finish(step, records):

@@ -142,13 +142,22 @@ def roc_png(target: str, per_checkpoint: Mapping[str, VerificationResult]) -> by
     Uses matplotlib's object API with the Agg canvas, never pyplot, so nothing global is touched and no
     display is needed.
     """
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4.5), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    draw_roc(figure.add_subplot(), target, per_checkpoint)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def draw_roc(axes, target: str, per_checkpoint: Mapping[str, VerificationResult]) -> None:
+    """Draw one pair set's ROC curves (one per checkpoint) on matplotlib `axes` (several panels share a figure)."""
+    import numpy as np
+
     curves = {name: (np.asarray(r.roc_far), np.asarray(r.roc_tar)) for name, r in per_checkpoint.items()}
     positive = [far[far > 0].min() for far, _ in curves.values() if (far > 0).any()]
     # a log axis cannot show FAR 0: draw it at half the smallest measurable FAR so perfect curves stay visible
@@ -165,10 +174,6 @@ def roc_png(target: str, per_checkpoint: Mapping[str, VerificationResult]) -> by
     axes.set_title(f"ROC on {target}")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def write_reports(out_dir: str | Path, results: Results, *, paths: Mapping[str, str] | None = None,

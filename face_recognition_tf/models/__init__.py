@@ -23,6 +23,7 @@ from face_recognition_tf.models.heads import (
     SphereFace,
 )
 from face_recognition_tf.models.normalization import BatchNorm, GroupNorm
+from face_recognition_tf.models.triplet import TripletHead
 
 __all__ = [
     "ArcFace",
@@ -33,6 +34,7 @@ __all__ = [
     "MarginHead",
     "SoftmaxHead",
     "SphereFace",
+    "TripletHead",
     "backbone_names",
     "build_backbone",
     "build_head",

@@ -12,8 +12,11 @@ kernels only (insightface also decays BN and PReLU parameters).  A trainer using
 decay (AdamW / SGDW) should pass 0 here instead.
 
 Head hyper-parameters: ``m=None`` means the head's own default (arcface 0.5, cosface 0.35,
-sphereface 4); ``combined`` uses ``m1, m2, m3`` and ignores ``m``; ``softmax`` ignores ``s`` and
-the margins.  Extra keyword ``options`` go to the head class (``lambda_`` for sphereface).
+sphereface 4, triplet 0.5); ``combined`` uses ``m1, m2, m3`` and ignores ``m``; ``softmax`` ignores
+``s`` and the margins.  ``gradient`` (exact | straight_through) is taken by arcface, combined and
+cosface (where both are the same); ``sphereface_form`` and the ``lambda_*`` schedule by sphereface;
+``mining`` by triplet, which has no class centres (no ``kernel``: it returns per-anchor losses).
+Extra keyword ``options`` go to the head class (``lambda_`` for sphereface).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import keras
 
 from face_recognition_tf.errors import ConfigError
 from face_recognition_tf.models import heads as _heads
+from face_recognition_tf.models import margins as _margins
+from face_recognition_tf.models import triplet as _triplet_module
 from face_recognition_tf.models.iresnet import IRESNET_LAYERS, build_iresnet
 from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD, is_standard
 from face_recognition_tf.models.mobilefacenet import (
@@ -188,27 +193,35 @@ def build_backbone(
 
 
 @register_head("arcface")
-def _arcface(num_classes, embedding_size, *, s, m, easy_margin, weight_decay, **options):
+def _arcface(num_classes, embedding_size, *, s, m, easy_margin, gradient, weight_decay, **options):
     return _heads.ArcFace(num_classes, embedding_size, s=s, m=0.5 if m is None else m,
-                          easy_margin=easy_margin, weight_decay=weight_decay, **options)
+                          easy_margin=easy_margin, gradient=gradient, weight_decay=weight_decay, **options)
 
 
 @register_head("cosface")
-def _cosface(num_classes, embedding_size, *, s, m, weight_decay, **options):
+def _cosface(num_classes, embedding_size, *, s, m, gradient, weight_decay, **options):
     return _heads.CosFace(num_classes, embedding_size, s=s, m=0.35 if m is None else m,
-                          weight_decay=weight_decay, **options)
+                          gradient=gradient, weight_decay=weight_decay, **options)
 
 
 @register_head("sphereface")
-def _sphereface(num_classes, embedding_size, *, s, m, weight_decay, **options):
-    return _heads.SphereFace(num_classes, embedding_size, s=s, m=4 if m is None else m,
-                             weight_decay=weight_decay, **options)
+def _sphereface(num_classes, embedding_size, *, s, m, sphereface_form, lambda_base, lambda_gamma, lambda_power,
+                lambda_min, weight_decay, **options):
+    return _heads.SphereFace(num_classes, embedding_size, s=s, m=4 if m is None else m, form=sphereface_form,
+                             lambda_base=lambda_base, lambda_gamma=lambda_gamma, lambda_power=lambda_power,
+                             lambda_min=lambda_min, weight_decay=weight_decay, **options)
 
 
 @register_head("combined")
-def _combined(num_classes, embedding_size, *, s, m1, m2, m3, easy_margin, weight_decay, **options):
-    return _heads.CombinedMargin(num_classes, embedding_size, s=s, m1=m1, m2=m2, m3=m3,
-                                 easy_margin=easy_margin, weight_decay=weight_decay, **options)
+def _combined(num_classes, embedding_size, *, s, m1, m2, m3, easy_margin, gradient, weight_decay, **options):
+    return _heads.CombinedMargin(num_classes, embedding_size, s=s, m1=m1, m2=m2, m3=m3, easy_margin=easy_margin,
+                                 gradient=gradient, weight_decay=weight_decay, **options)
+
+
+@register_head("triplet")
+def _triplet(num_classes, embedding_size, *, m, mining, weight_decay, **options):
+    # no class centres: num_classes, embedding_size and weight_decay have nothing to act on
+    return _triplet_module.TripletHead(margin=0.5 if m is None else m, mining=mining, **options)
 
 
 @register_head("softmax")
@@ -228,14 +241,23 @@ def build_head(
     m2: float = 0.5,
     m3: float = 0.0,
     easy_margin: bool = False,
+    gradient: str = "exact",
+    sphereface_form: str = "normalized",
+    lambda_base: float = 1000.0,
+    lambda_gamma: float = 0.12,
+    lambda_power: float = 1.0,
+    lambda_min: float = 5.0,
+    mining: str = "batch_hard",
     weight_decay: float = 0.0,
     **options,
 ) -> keras.layers.Layer:
     """Training head ``head(embeddings, labels) -> float32 logits (B, num_classes)`` with margin.
 
     ``head.class_logits(embeddings)`` gives logits without margin; the class centres are
-    ``head.kernel`` of shape (embedding_size, num_classes).  See the module docstring for the
-    per-head defaults and which arguments each head reads.
+    ``head.kernel`` of shape (embedding_size, num_classes).  The exception is ``triplet``: no
+    centres, and ``head(embeddings, labels)`` is the (B,) per-anchor loss.  Every head has
+    ``per_example_loss`` and ``hits``, which is all the trainer uses.  See the module docstring
+    for the per-head defaults and which arguments each head reads.
     """
     _check(name in _HEADS, f"unknown head {name!r}; choose one of {', '.join(head_names())}")
     _check(int(num_classes) >= 1, f"num_classes must be >= 1, got {num_classes}")
@@ -246,9 +268,17 @@ def build_head(
         _check(float(m).is_integer() and m >= 1, f"sphereface needs an integer margin m >= 1, got {m}")
     if name == "combined":
         _check(m1 > 0, f"combined margin m1 must be > 0, got {m1}")
-    values = dict(s=float(s), m=m, m1=float(m1), m2=float(m2), m3=float(m3), easy_margin=bool(easy_margin))
+    _check(gradient in _margins.GRADIENTS,
+           f"head gradient must be one of {', '.join(_margins.GRADIENTS)}, got {gradient!r}")
     builder = _HEADS[name]
     accepted = inspect.signature(builder).parameters
+    _check(gradient == "exact" or "gradient" in accepted,
+           f"head {name!r} has no straight-through form (gradient: straight_through is for arcface, combined "
+           "and cosface); set head.gradient=exact")
+    values = dict(s=float(s), m=m, m1=float(m1), m2=float(m2), m3=float(m3), easy_margin=bool(easy_margin),
+                  gradient=gradient, sphereface_form=sphereface_form, lambda_base=float(lambda_base),
+                  lambda_gamma=float(lambda_gamma), lambda_power=float(lambda_power), lambda_min=float(lambda_min),
+                  mining=mining)
     kwargs = {k: v for k, v in values.items() if k in accepted}
     try:
         return builder(int(num_classes), int(embedding_size), weight_decay=float(weight_decay),

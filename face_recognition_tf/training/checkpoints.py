@@ -16,6 +16,10 @@ state file, so a process killed mid-save leaves the previous checkpoint intact; 
 from the newest listed checkpoint to the newest readable one.  Under multi-worker training every
 worker takes part in saving (the variables may need collectives to read), non-chief workers write to
 a private temporary folder that is removed afterwards.
+
+A `companion` saves state the TensorFlow checkpoint cannot hold (partial FC's per-replica class centres,
+centre_checkpoints.py): every process writes its part into RUN/checkpoints before ckpt-N is listed, a
+restore skips checkpoints whose companion part is incomplete, and parts of unlisted checkpoints go.
 """
 
 from __future__ import annotations
@@ -135,12 +139,18 @@ def check_resume_compatible(run_dir: Path, backbone_spec: dict, head_spec: dict)
             )
 
 
+def _step_of(prefix: Path) -> int:
+    return int(Path(prefix).name.rsplit("-", 1)[-1])
+
+
 class CheckpointStore:
     """CheckpointManager of a run, with a private temporary folder for non-chief workers."""
 
-    def __init__(self, run_dir: Path, checkpoint, *, keep: int, is_chief: bool = True, worker_index: int = 0):
+    def __init__(self, run_dir: Path, checkpoint, *, keep: int, is_chief: bool = True, worker_index: int = 0,
+                 companion=None):
         import tensorflow as tf
 
+        self.companion = companion
         self.run_dir = Path(run_dir)
         self.checkpoint = checkpoint
         self.is_chief = is_chief
@@ -155,7 +165,11 @@ class CheckpointStore:
         )
 
     def save(self, step: int) -> Path | None:
+        if self.companion is not None:
+            self.companion.save(self.directory, int(step))
         path = self.manager.save(checkpoint_number=int(step))
+        if self.companion is not None and self.is_chief:
+            self.companion.cleanup(self.directory, [_step_of(p) for p in checkpoint_paths(self.run_dir)])
         if not self.is_chief:
             shutil.rmtree(self._save_dir, ignore_errors=True)
             self._save_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +189,12 @@ class CheckpointStore:
             except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as exc:
                 errors.append(f"{prefix.name}: {str(exc).splitlines()[0]}")
                 continue
+            if self.companion is not None and not self.companion.complete(self.directory, _step_of(prefix)):
+                errors.append(f"{prefix.name}: its class-centre shards are incomplete")
+                continue
             self._restore(prefix)
+            if self.companion is not None:
+                self.companion.restore(self.directory, _step_of(prefix))
             return prefix
         if errors:
             raise CheckpointError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")

@@ -88,7 +88,11 @@ def build_schedule(sched, base_lr: float, total_steps: int):
     if name == "constant":
         main = ConstantLR(base_lr)
     elif name == "piecewise":
-        bounds = piecewise_boundaries(sched.milestones, total_steps)
+        # published recipes state their decay points in updates: after update s the rate drops (MXNet's
+        # train.py multiplies it once update s is done), so update s + 1, optimizer step s, is the first at
+        # the lower rate; Keras' boundary b keeps the old value up to step b, hence b = s - 1
+        steps = list(getattr(sched, "milestone_steps", None) or [])
+        bounds = [int(s) - 1 for s in steps] if steps else piecewise_boundaries(sched.milestones, total_steps)
         values = [base_lr * float(sched.factor) ** i for i in range(len(bounds) + 1)]
         main = ConstantLR(base_lr) if not bounds else keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
         offset = False

@@ -41,6 +41,7 @@ from face_recognition_tf.training.optim import (
     scaled_lr,
 )
 from face_recognition_tf.training.finetune import unfreeze_if_due
+from face_recognition_tf.training.partial_fc_step import begin_centres, finish_centres
 from face_recognition_tf.training.schedules import build_schedule
 from face_recognition_tf.training.strategy import StrategyInfo, gather_from_workers, make_strategy
 
@@ -154,8 +155,9 @@ class TrainStep:
                     kwargs["input_shape"] = tuple(kwargs["input_shape"])
                 self.backbone = build_backbone(spec["name"], **kwargs)
             hk = head_kwargs(cfg, num_classes)
-            self.head = build_head(hk.pop("name"), hk.pop("num_classes"), **hk)
-            self.head(tf.zeros((1, int(cfg.model.embedding_size))), tf.zeros((1,), tf.int32))
+            if not cfg.head.partial_fc.enabled:  # partial FC's centres are built below, outside the scope
+                self.head = build_head(hk.pop("name"), hk.pop("num_classes"), **hk)
+                self.head(tf.zeros((1, int(cfg.model.embedding_size))), tf.zeros((1,), tf.int32))
             base_lr = scaled_lr(t.lr, self.global_batch, t.lr_reference_batch)
             self.schedule = build_schedule(t.schedule, base_lr, int(t.max_steps))
             self.optimizer = build_optimizer(t, self.schedule)
@@ -163,6 +165,14 @@ class TrainStep:
             self.step = tf.Variable(0, trainable=False, dtype=tf.int64, name="step")
             self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
             self.epoch_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch_step")
+        self.partial_fc = bool(cfg.head.partial_fc.enabled)
+        self.centre_checkpoint = None
+        if self.partial_fc:  # sharded class centres, one plain variable per replica (training/partial_fc_step.py)
+            from face_recognition_tf.training.centre_checkpoints import CentreCheckpoint
+            from face_recognition_tf.training.partial_fc_step import build_partial_fc
+
+            self.head, self.centre_optimizer = build_partial_fc(cfg, info, num_classes)
+            self.centre_checkpoint = CentreCheckpoint(self.head, info)
         self.base_lr = base_lr
         self._jit = bool(t.jit_compile)
         self._fn = None
@@ -184,13 +194,18 @@ class TrainStep:
     def retrace(self):
         """A new compiled update for the variables that train now (after `finalize` or an unfreeze)."""
         self.variables = self.backbone.trainable_variables + self.head.trainable_variables
+        # train.clip_scope: backbone clips the backbone's gradients (they come first) and not the head's
+        backbone_only = self.cfg.train.clip_scope == "backbone"
+        self.clip_first = len(self.backbone.trainable_variables) if backbone_only else None
         self._compute = tf.function(self._gradients, jit_compile=True) if self._jit else self._gradients
         self._fn = tf.function(self._distributed_step)
 
     def checkpoint(self) -> tf.train.Checkpoint:
+        # partial FC's centre shards are saved beside it, one file set per shard (centre_checkpoints.py)
+        head = {} if self.partial_fc else {"head": self.head}
         return tf.train.Checkpoint(
-            backbone=self.backbone, head=self.head, optimizer=self.optimizer, step=self.step,
-            reg_coef=self.reg_coef, epoch=self.epoch, epoch_step=self.epoch_step,
+            backbone=self.backbone, optimizer=self.optimizer, step=self.step,
+            reg_coef=self.reg_coef, epoch=self.epoch, epoch_step=self.epoch_step, **head,
         )
 
     @tf.function
@@ -201,46 +216,60 @@ class TrainStep:
         return float(inner_optimizer(self.optimizer).learning_rate.numpy())
 
     # ---- replica side -------------------------------------------------------------------------
-    def _gradients(self, batches):
+    def _gradients(self, batches, centres=None):
+        """Summed gradients of `self.variables` (then, with partial FC, of this replica's centre rows)."""
         grads_sum, ce_sum, correct, reg_value = None, 0.0, 0.0, tf.constant(0.0)
+        sources = self.variables + (centres.sources if centres is not None else [])
         for images, labels in batches:
             if grads_sum is not None:  # sequence micro-batches: one set of activations at a time
                 with tf.control_dependencies([g for g in grads_sum if g is not None]):
                     images = tf.identity(images)
             labels = tf.cast(labels, tf.int32)
             with tf.GradientTape() as tape:
+                hits = None
+                if centres is not None:
+                    tape.watch(centres.sources)
                 embeddings = self.backbone(images, training=True)
-                logits = tf.cast(self.head(embeddings, labels, training=True), tf.float32)
-                per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+                if centres is not None:  # partial FC: the exact softmax over every replica's centres
+                    per_example, hits = centres.per_example_loss(embeddings, labels)
+                else:  # softmax cross-entropy of the margin logits, or a loss on the embeddings (triplet)
+                    per_example = self.head.per_example_loss(embeddings, labels, training=True)
                 ce = tf.reduce_sum(per_example) / self.global_batch
                 reg_losses = self.backbone.losses + self.head.losses
+                if centres is not None and self.l2:
+                    reg_losses = reg_losses + [centres.reg_loss()]
                 reg_value = tf.add_n([tf.cast(r, tf.float32) for r in reg_losses]) if reg_losses else tf.constant(0.0)
                 loss = ce + self.reg_coef * reg_value / (self.replicas * self.accum) if self.l2 else ce
                 scaled = self.optimizer.scale_loss(loss) if self.loss_scaled else loss
-            grads = tape.gradient(scaled, self.variables)
+            grads = tape.gradient(scaled, sources)
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
             grads_sum = grads if grads_sum is None else [
                 a if b is None else (b if a is None else a + b) for a, b in zip(grads_sum, grads)
             ]
             ce_sum += ce
-            class_logits = self.head.class_logits(tf.cast(embeddings, tf.float32))
-            hits = tf.equal(tf.argmax(class_logits, axis=-1, output_type=tf.int32), labels)
+            if hits is None:  # nearest class centre, or nearest in-batch sample (triplet)
+                hits = self.head.hits(embeddings, labels)
             correct += tf.reduce_sum(tf.cast(hits, tf.float32)) / self.global_batch
         return grads_sum, ce_sum, reg_value, correct
 
     def _replica_step(self, batches):
         ctx = tf.distribute.get_replica_context()
-        grads, ce, reg, correct = self._compute(batches)
+        centres = begin_centres(self, batches) if self.partial_fc else None
+        grads, ce, reg, correct = self._compute(batches, centres)
+        grads, centre_grads = grads[:len(self.variables)], grads[len(self.variables):]  # centres' stay local
         present = [i for i, g in enumerate(grads) if g is not None]
         reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
         for i, g in zip(present, reduced):
             grads[i] = g
         scale = self.optimizer.dynamic_scale if self.loss_scaled else 1.0
         clip = None if self.cfg.train.clip_norm is None else self.cfg.train.clip_norm * scale
-        grads, norm = clip_by_global_norm(grads, clip)
-        norm = norm / scale
         total_ce = ctx.all_reduce(tf.distribute.ReduceOp.SUM, ce)
         ok = tf.math.is_finite(total_ce) & tf.math.is_finite(reg)
+        if centres is not None:  # clip and update the centres first: it reads the lr that `apply` advances
+            grads, norm, ok = finish_centres(self, centres, grads, centre_grads, clip, ok)
+        else:
+            grads, norm = clip_by_global_norm(grads, clip, first=self.clip_first)
+        norm = norm / scale
         if self.loss_scaled:
             # the loss-scale optimizer itself skips updates with overflowing gradients
             self.optimizer.apply(grads, self.variables)
@@ -273,6 +302,8 @@ class TrainStep:
         strategy = self.info.strategy
         batches = [next(iterator) for _ in range(self.accum)]
         out = strategy.run(self._replica_step, args=(batches,))
+        if hasattr(self.head, "advance"):
+            self.head.advance()  # heads whose margin follows the update count (SphereFace's lambda)
         sum_ = tf.distribute.ReduceOp.SUM
         mean = tf.distribute.ReduceOp.MEAN
         ce = strategy.reduce(sum_, out["ce"], axis=None)
@@ -334,6 +365,8 @@ def make_dataset_fn(cfg: DictConfig, data_dir: Path, epoch: int, skip_micro_batc
             drop_remainder=True,
             input_context=input_context,
             exclude=exclude,
+            # pk: every element is whole identity groups, whichever replica or micro-batch it goes to
+            images_per_identity=int(cfg.data.images_per_identity) if cfg.data.sampler == "pk" else None,
         )
         return ds.skip(skip_micro_batches) if skip_micro_batches else ds
 
@@ -400,6 +433,8 @@ class Trainer:
 
         self.backbone_spec = backbone_spec(backbone_kwargs(cfg), cfg.finetune.init)
         self.head_spec = head_kwargs(cfg, num_classes)
+        if cfg.head.partial_fc.enabled:  # sharded centres: a run cannot switch between the two stores
+            self.head_spec["partial_fc"] = True
         self.exclude = self._scan_corrupt() if cfg.data.skip_corrupt else []
         existing = ck.has_checkpoint(self.run_dir)
         # a run folder this run creates is removed again if the data fails before the first checkpoint
@@ -419,7 +454,8 @@ class Trainer:
         self.freeze_plan = FreezePlan(step.backbone, cfg.finetune)
         step.finalize(self.freeze_plan.optimizer_variables(step.head))
         self.store = ck.CheckpointStore(self.run_dir, step.checkpoint(), keep=cfg.checkpoint.keep,
-                                        is_chief=self.info.is_chief, worker_index=self.info.worker_index)
+                                        is_chief=self.info.is_chief, worker_index=self.info.worker_index,
+                                        companion=step.centre_checkpoint)
         if existing:
             self.resumed_from = self.store.restore_latest()
         self.start_step = int(step.step.numpy())
@@ -442,9 +478,20 @@ class Trainer:
             # the steps a resumed run redoes must not be logged twice
             ck.rewind_history(self.run_dir, self.start_step)
             save_config(cfg, self.run_dir / ck.CONFIG_FILE)
+            self._report_effective_settings()
             ck.write_json_atomic(self.run_dir / ck.BACKBONE_SPEC, self.backbone_spec)
             ck.write_json_atomic(self.run_dir / "head.json", self.head_spec)
         return self
+
+    def _report_effective_settings(self) -> None:
+        """Print the per-update values (global batch, lr after linear scaling...) and keep them in
+        RUN/effective.json, so a recipe run on another number of GPUs cannot change them unnoticed."""
+        from face_recognition_tf.training.effective import EFFECTIVE_FILE, describe_settings, effective_settings
+
+        settings = effective_settings(self.step_fn)
+        ck.write_json_atomic(self.run_dir / EFFECTIVE_FILE, settings)
+        for line in describe_settings(settings):
+            tqdm_write(line)
 
     def _scan_corrupt(self) -> list[tuple[int, int]]:
         """data.skip_corrupt: find the records whose JPEG does not decode, say how many, leave them out."""
