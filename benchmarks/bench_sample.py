@@ -62,7 +62,8 @@ def tiny_cnn_scores(sample_dir: Path, seconds: float, batch: int = 64) -> dict:
 
     conv = Path(tempfile.mkdtemp()) / "tfr"
     manifest = convert_recordio(sample_dir, conv, progress=False)
-    ds = build_train_dataset(conv, batch, augment={"flip": True}, seed=0)
+    # the pipeline ships uint8; this Keras model has no normalisation of its own, so normalise here
+    ds = build_train_dataset(conv, batch, augment={"flip": True}, seed=0).map(lambda x, y: (normalize_images(x), y))
     inp = keras.Input((112, 112, 3))
     x = inp
     for filters in (16, 32, 64, 96):

@@ -54,17 +54,47 @@ def _all(ds):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def test_shapes_dtypes_and_normalisation(data_dir, items):
+def test_shapes_dtypes_and_exact_decode(data_dir, items):
+    """The pipeline ships uint8 pixels, every image exactly once, decoded as MXNet does (INTEGER_ACCURATE,
+    equal to OpenCV's decode of the same bytes); the model normalises them on its device."""
     ds = build_train_dataset(data_dir, 32, augment={"flip": False}, repeat=False, drop_remainder=False,
                              deterministic=True)
     assert ds.element_spec[0].shape.as_list() == [None, 112, 112, 3]
+    assert ds.element_spec[0].dtype == tf.uint8
     images, labels = _all(ds)
-    assert images.dtype == np.float32 and labels.dtype == np.int32 and images.shape == (len(items), 112, 112, 3)
-    assert images.min() >= -127.5 / 128 and images.max() <= 127.5 / 128
-    decoded = {bytes(j): tf.io.decode_jpeg(j, channels=3, dct_method="INTEGER_ACCURATE").numpy() for _, j in items}
-    expected = sorted(((v.astype(np.float32) - 127.5) / 128).tobytes() for v in decoded.values())
-    assert sorted(im.tobytes() for im in images) == expected  # every image exactly once, RGB, normalised
+    assert images.dtype == np.uint8 and labels.dtype == np.int32 and images.shape == (len(items), 112, 112, 3)
+    decoded = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1] for _, j in items]
+    assert sorted(im.tobytes() for im in images) == sorted(np.ascontiguousarray(v).tobytes() for v in decoded)
     assert sorted(labels.tolist()) == sorted(c for c, _ in items)
+
+
+@pytest.mark.parametrize("augment", [{}, {"color_jitter": 0.3, "rotation": 8, "crop": 0.1, "blur": 0.3}])
+def test_batches_are_uint8_with_every_augmentation(data_dir, augment):
+    images, _ = next(iter(build_train_dataset(data_dir, 16, augment=augment, seed=1, deterministic=True)))
+    assert images.dtype == tf.uint8 and images.shape == (16, 112, 112, 3)
+
+
+def test_training_step_normalises_uint8_on_the_device_as_evaluation_does(data_dir):
+    """A uint8 batch through the training step gives the loss and gradients of the same batch fed as
+    (x - 127.5) / 128 floats (the pre-issue-14 pipeline's output), so training is unchanged by shipping
+    uint8; evaluation (Embedder) normalises uint8 with the same function."""
+    from face_recognition_tf.config import load_config
+    from face_recognition_tf.training.strategy import make_strategy
+    from face_recognition_tf.training.trainer import TrainStep
+
+    cfg = load_config("quickstart", ["model.backbone=mobilefacenet", "model.width_multiplier=0.125", "model.embedding_size=16",
+                             "train.batch_size=8", "train.optimizer=sgd", "train.lr=0.1", "train.lr_reference_batch=null"])
+    images, labels = next(iter(build_train_dataset(data_dir, 8, augment={"flip": False}, deterministic=True)))
+    results = []
+    for batch in (images, normalize_images(images)):
+        tf.keras.utils.set_random_seed(3)  # the same initial weights for both
+        step = TrainStep(cfg, make_strategy("default"), NUM_CLASSES)
+        step.finalize()
+        grads, ce, _, _ = step._gradients([(batch, labels)])
+        results.append((float(ce), [g.numpy() for g in grads if g is not None]))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_decode_and_normalize_helpers(items):

@@ -1,6 +1,6 @@
 """Batch-level, seeded augmentations for face crops.
 
-Everything works on a whole uint8/float batch at once with stateless random ops keyed by
+Everything works on a whole uint8 batch at once with stateless random ops keyed by
 (seed, batch index), so one graph op serves 128 images (cheap on a 2-core CPU) and a deterministic
 pipeline gives the same augmentations on every run.  Faces are aligned, so geometry changes stay
 small: a horizontal flip (on by default, as insightface trains), a few degrees of rotation and a
@@ -15,7 +15,6 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from face_recognition_tf.errors import ConfigError
-from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 
 DEFAULTS = {"flip": True, "color_jitter": 0.0, "grayscale": 0.0, "blur": 0.0, "rotation": 0.0, "crop": 0.0}
 _LIMITS = {"color_jitter": (0.0, 1.0), "grayscale": (0.0, 1.0), "blur": (0.0, 1.0), "rotation": (0.0, 45.0),
@@ -51,18 +50,37 @@ def _uniform(seed, i, shape, lo=0.0, hi=1.0):
     return tf.random.stateless_uniform(shape, seed=tf.stack([seed[0], seed[1] + i]), minval=lo, maxval=hi)
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor, options: dict) -> tf.Tensor:
-    """uint8 (B, H, W, 3) batch -> augmented float32 model input, (x - 127.5) / 128.
+def needs_float(options: dict) -> bool:
+    """Whether an augmentation beyond the flip is on (those run in float, then round back to uint8)."""
+    return any(options[key] > 0 for key in ("rotation", "crop", "color_jitter", "grayscale", "blur"))
 
-    seed: int64 (2,), unique per batch.  The flip runs on the uint8 batch (a quarter of the bytes
-    of float32); photometric and geometric changes, when enabled, run in float.
+
+def flip_mask(seed: tf.Tensor, batch_size, options: dict):
+    """(B,) bool: which images of the batch are mirrored (None when flipping is off).
+
+    The decode applies it image by image (pipeline.decode_batch): a whole-batch tf.where over a
+    reversed copy cost more than the decode itself (3.5k vs 8.9k images/s on 2 cores,
+    `frtf bench-input --stages`), flipping inside the parallel decode is nearly free.
     """
+    if not options["flip"]:
+        return None
+    return _uniform(seed, 0, tf.reshape(batch_size, [1])) < 0.5
+
+
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, options: dict) -> tf.Tensor:
+    """uint8 (B, H, W, 3) batch (already flipped by `flip_mask`) -> augmented uint8 batch.
+
+    seed: int64 (2,), unique per batch.  The pipeline ships uint8 and the model normalises on its
+    device (the trainer's TrainStep), so with the default augmentation (the flip) there is no float work
+    on the CPU at all and a quarter of float32's bytes go to the device.  Photometric and geometric
+    changes, when enabled, run in float and are rounded back to 8 bits, as a JPEG-trained model's
+    input always is.
+    """
+    if not needs_float(options):
+        return images
     b = tf.shape(images)[0]
     h, w = images.shape[1], images.shape[2]
     per_image = tf.stack([b, 1, 1, 1])
-    if options["flip"]:
-        pick = _uniform(seed, 0, per_image) < 0.5
-        images = tf.where(pick, tf.reverse(images, axis=[2]), images)
     images = tf.cast(images, tf.float32)
 
     if options["rotation"] > 0 or options["crop"] > 0:
@@ -104,7 +122,4 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, options: dict) -> tf.Tenso
         pick = _uniform(seed, 8, per_image) < options["blur"]
         images = tf.where(pick, blurred, images)
 
-    if options["color_jitter"] > 0 or options["rotation"] > 0 or options["crop"] > 0:
-        images = tf.clip_by_value(images, 0.0, 255.0)
-    # == (x - 127.5) / 128 exactly for 8-bit x
-    return images * (1.0 / MODEL_INPUT_STD) - (MODEL_INPUT_MEAN / MODEL_INPUT_STD)
+    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)

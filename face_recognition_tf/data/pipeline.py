@@ -5,8 +5,8 @@ Shape of the pipeline, and why:
   shuffle serialized records (cheap to hold; the converter already spread identities over shards
   in a random order, so a modest buffer mixes identities) -> repeat -> batch the serialized
   records (or group them P identities x K images, for triplet mining: pk_sampler.py) -> per batch, in parallel: one vectorised parse, a decode loop (INTEGER_ACCURATE =
-  MXNet's decoder), flip/augment/normalise as whole-batch ops (one op for 128 images instead of
-  128 small ones) -> prefetch.
+  MXNet's decoder), flip/augment as whole-batch ops on uint8 (one op for 128 images instead of
+  128 small ones) -> prefetch.  The batches stay uint8: the model normalises on its device.
 Randomness comes from stateless ops keyed by (seed, batch index), so `deterministic=True` gives the
 same batches on every run, which tests and debugging rely on.
 """
@@ -25,7 +25,7 @@ from face_recognition_tf.errors import ConfigError
 from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 
 IMAGE_SIZE = (112, 112)
-_FEATURES = {
+FEATURES = {  # what one serialized training record holds
     IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
     LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
 }
@@ -35,6 +35,20 @@ def decode_image(jpeg: tf.Tensor, image_size=IMAGE_SIZE) -> tf.Tensor:
     """JPEG bytes -> uint8 (H, W, 3) RGB, decoded bit-identically to MXNet/insightface."""
     image = tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_ACCURATE")
     return tf.ensure_shape(image, [image_size[0], image_size[1], 3])
+
+
+def decode_batch(jpegs: tf.Tensor, image_size=IMAGE_SIZE, flip=None) -> tf.Tensor:
+    """(B,) JPEG strings -> uint8 (B, H, W, 3), decoded in parallel inside one op of the batch's map;
+    `flip` (B,) bool mirrors those images as they are decoded (augment.flip_mask says why here)."""
+    spec = tf.TensorSpec([image_size[0], image_size[1], 3], tf.uint8)
+    if flip is None:
+        return tf.map_fn(lambda j: decode_image(j, image_size), jpegs, parallel_iterations=16, fn_output_signature=spec)
+
+    def one(args):
+        image = decode_image(args[0], image_size)
+        return tf.cond(args[1], lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+    return tf.map_fn(one, (jpegs, flip), parallel_iterations=16, fn_output_signature=spec)
 
 
 def normalize_images(images: tf.Tensor) -> tf.Tensor:
@@ -54,7 +68,11 @@ def shard_files(data_dir) -> tuple[list[str], dict]:
 def build_train_dataset(data_dir, batch_size, *, augment=None, shuffle_buffer=None, seed=None,
                         deterministic=False, repeat=True, drop_remainder=True, input_context=None,
                         num_parallel_reads=None, exclude=(), images_per_identity=None) -> tf.data.Dataset:
-    """Batches of (float32 (B, 112, 112, 3) images, int32 (B,) labels) from a converted dataset.
+    """Batches of (uint8 (B, 112, 112, 3) RGB images, int32 (B,) labels) from a converted dataset.
+
+    uint8, not model input: the training step casts and normalises on its device (`normalize_images`,
+    the one definition evaluation and inference use too), so the host does no float work and moves a
+    quarter of the bytes.
 
     batch_size is per input pipeline (per replica under a distribution strategy).
     input_context: a tf.distribute.InputContext; each input pipeline reads a disjoint part (whole
@@ -105,12 +123,13 @@ def build_train_dataset(data_dir, batch_size, *, augment=None, shuffle_buffer=No
     ds = ds.enumerate()
 
     def finish(step, records):
-        # one vectorised parse per batch and a parallel decode loop: ~1.5x the images/s of a
-        # per-record parse+decode map on 2 cores (benchmarks/bench_pipeline.py)
-        parsed = tf.io.parse_example(records, _FEATURES)
-        images = tf.map_fn(lambda j: decode_image(j, image_size), parsed[IMAGE_KEY], parallel_iterations=16,
-                           fn_output_signature=tf.TensorSpec([image_size[0], image_size[1], 3], tf.uint8))
+        # one vectorised parse per batch and a parallel decode loop that also flips: as fast as a
+        # per-record parse + decode map on 2 cores, with one op per batch for everything after it
+        # (decode is nearly all of the time: `frtf bench-input DATA --stages`, docs/benchmarks.md)
+        parsed = tf.io.parse_example(records, FEATURES)
         batch_seed = tf.stack([tf.constant(seed, tf.int64), step])
+        jpegs = parsed[IMAGE_KEY]
+        images = decode_batch(jpegs, image_size, augment_lib.flip_mask(batch_seed, tf.shape(jpegs)[0], options))
         images = augment_lib.augment_batch(images, batch_seed, options)
         return images, tf.cast(parsed[LABEL_KEY], tf.int32)
 

@@ -31,6 +31,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from face_recognition_tf.config import backbone_kwargs, head_kwargs, save_config
+from face_recognition_tf.data.pipeline import normalize_images
 from face_recognition_tf.errors import CheckpointError, ConfigError, DatasetError, FaceRecognitionError
 from face_recognition_tf.training import checkpoints as ck
 from face_recognition_tf.training.optim import (
@@ -225,6 +226,8 @@ class TrainStep:
                 with tf.control_dependencies([g for g in grads_sum if g is not None]):
                     images = tf.identity(images)
             labels = tf.cast(labels, tf.int32)
+            if images.dtype == tf.uint8:  # the pipeline ships pixels; normalising here runs on the device
+                images = normalize_images(images)
             with tf.GradientTape() as tape:
                 hits = None
                 if centres is not None:
