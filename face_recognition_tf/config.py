@@ -8,6 +8,11 @@ TensorFlow work starts.  OmegaConf structured configs do the type checking and t
 A config file may start from another one with `base: other.yaml` (path relative to the file, or a
 packaged config name), the way insightface's arcface_torch keeps a base config and per-experiment
 files.  `data.num_classes` is never typed by hand: the trainer fills it from the dataset manifest.
+
+This module is the schema and the loading only.  What values make sense (choices, ranges, settings that
+must agree) is `config_checks.py`; the model names it accepts are the model registries', so a backbone
+added with `register_backbone` is a valid `model.backbone`.  Turning a config into model arguments is
+training's business (`training/model_args.py`).
 """
 
 from __future__ import annotations
@@ -20,25 +25,10 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from face_recognition_tf.config_checks import validate
 from face_recognition_tf.errors import ConfigError
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
-
-BACKBONES = ("r18", "r34", "r50", "r100", "mobilefacenet")
-HEADS = ("arcface", "cosface", "sphereface", "combined", "softmax", "triplet")
-HEAD_GRADIENTS = ("exact", "straight_through")
-SPHEREFACE_FORMS = ("normalized", "insightface")
-TRIPLET_MINING = ("batch_hard", "semi_hard")
-SAMPLERS = ("shuffle", "pk")
-NORMALIZATIONS = ("batch", "batch_renorm", "group")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "piecewise", "polynomial", "cosine_restarts")
-REGULARIZATION = ("l2", "decoupled", "coupled")
-WEIGHT_DECAY_SCOPES = ("kernels", "all")
-CLIP_SCOPES = ("all", "backbone")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("default", "mirrored", "central_storage", "multi_worker")
-FREEZE = ("none", "first_layers", "all_but_embedding", "all_but_head")
 
 
 @dataclass
@@ -238,28 +228,6 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
-_CHOICES = {
-    "model.backbone": BACKBONES,
-    "model.normalization": NORMALIZATIONS,
-    "head.name": HEADS,
-    "head.gradient": HEAD_GRADIENTS,
-    "head.sphereface_form": SPHEREFACE_FORMS,
-    "head.mining": TRIPLET_MINING,
-    "data.sampler": SAMPLERS,
-    "train.strategy": STRATEGIES,
-    "train.optimizer": OPTIMIZERS,
-    "train.regularization": REGULARIZATION,
-    "train.weight_decay_scope": WEIGHT_DECAY_SCOPES,
-    "train.clip_scope": CLIP_SCOPES,
-    "train.precision": PRECISIONS,
-    "train.schedule.name": SCHEDULES,
-    "finetune.freeze": FREEZE,
-}
-_POSITIVE = ("model.embedding_size", "model.input_size", "train.batch_size", "train.accumulation_steps", "train.max_steps",
-             "checkpoint.every_steps", "checkpoint.keep", "log.every_steps", "validation.every_steps",
-             "validation.batch_size", "validation.folds")
-
-
 def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
     """A file path, or a bare name (`quickstart`, `ms1m_r50.yaml`) of a packaged config."""
     path = Path(path_or_name)
@@ -336,156 +304,6 @@ def load_config(path_or_name: str | os.PathLike, overrides: list[str] | tuple[st
         cfg = _merge_checked(cfg, layer, f"override {item!r}")
     validate(cfg, f"{path} with overrides {' '.join(overrides)}" if overrides else str(path))
     return cfg
-
-
-def validate(cfg: DictConfig, source: str) -> None:
-    """Checks the schema's types cannot express: choices, ranges, cross-field consistency."""
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{source}: '{key}' is {value!r}; choose one of {', '.join(choices)}")
-    for key in _POSITIVE:
-        if OmegaConf.select(cfg, key) <= 0:
-            raise ConfigError(f"{source}: '{key}' must be positive, got {OmegaConf.select(cfg, key)}")
-    t = cfg.train
-    if t.lr <= 0:
-        raise ConfigError(f"{source}: 'train.lr' must be positive, got {t.lr}")
-    if not 0 < t.reg_coef_decay <= 1:
-        raise ConfigError(f"{source}: 'train.reg_coef_decay' must be in (0, 1] (1 disables the decay)")
-    if t.weight_decay < 0:
-        raise ConfigError(f"{source}: 'train.weight_decay' must be >= 0")
-    if t.clip_norm is not None and t.clip_norm <= 0:
-        raise ConfigError(f"{source}: 'train.clip_norm' must be positive or null")
-    if t.regularization == "coupled" and t.optimizer != "sgd":
-        raise ConfigError(f"{source}: 'train.regularization: coupled' is SGD's weight decay; use it with "
-                          "train.optimizer=sgd (adamw decays decoupled)")
-    if t.weight_decay_scope == "all" and t.regularization == "l2":
-        raise ConfigError(f"{source}: 'train.weight_decay_scope: all' needs train.regularization coupled or "
-                          "decoupled (l2 mode puts regularizers on the models' kernels only)")
-    if cfg.model.input_std <= 0:
-        raise ConfigError(f"{source}: 'model.input_std' must be positive, got {cfg.model.input_std}")
-    steps = list(t.schedule.milestone_steps)
-    if any(s <= 0 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
-        raise ConfigError(f"{source}: 'train.schedule.milestone_steps' must be increasing positive update counts")
-    if t.lr_reference_batch is not None and t.lr_reference_batch <= 0:
-        raise ConfigError(f"{source}: 'train.lr_reference_batch' must be positive or null")
-    sched = t.schedule
-    if sched.warmup_steps < 0 or sched.warmup_steps >= t.max_steps and t.max_steps > 1:
-        raise ConfigError(f"{source}: 'train.schedule.warmup_steps' must be in [0, train.max_steps)")
-    if sorted(sched.milestones) != list(sched.milestones) or any(not 0 < m < 1 for m in sched.milestones):
-        raise ConfigError(f"{source}: 'train.schedule.milestones' must be increasing fractions in (0, 1)")
-    if not 0 < sched.first_period <= 1:
-        raise ConfigError(f"{source}: 'train.schedule.first_period' must be a fraction in (0, 1]")
-    if not 0 <= cfg.model.dropout < 1:
-        raise ConfigError(f"{source}: 'model.dropout' must be in [0, 1)")
-    if cfg.data.num_classes is not None and cfg.data.num_classes <= 0:
-        raise ConfigError(f"{source}: 'data.num_classes' comes from the manifest; remove it or make it positive")
-    _validate_head_and_sampler(cfg, source)
-    _validate_partial_fc(cfg, source)
-    if cfg.finetune.freeze == "first_layers" and cfg.finetune.freeze_layers <= 0:
-        raise ConfigError(f"{source}: 'finetune.freeze: first_layers' needs 'finetune.freeze_layers' > 0")
-    from face_recognition_tf.training.finetune import check_finetune_config
-
-    check_finetune_config(cfg, source)
-
-
-def _validate_head_and_sampler(cfg: DictConfig, source: str) -> None:
-    h, d = cfg.head, cfg.data
-    if h.gradient == "straight_through" and h.name not in ("arcface", "combined", "cosface"):
-        raise ConfigError(f"{source}: 'head.gradient: straight_through' is for arcface, combined and cosface; "
-                          f"head {h.name} has only the exact gradient")
-    if h.gradient == "straight_through" and h.easy_margin:
-        raise ConfigError(f"{source}: 'head.easy_margin' belongs to the exact gradient; the straight-through form "
-                          "(today's arcface_torch) has no fallback to choose")
-    if min(h.lambda_base, h.lambda_gamma, h.lambda_power, h.lambda_min) < 0:
-        raise ConfigError(f"{source}: 'head.lambda_base/lambda_gamma/lambda_power/lambda_min' must be >= 0")
-    if h.name == "triplet" and d.sampler != "pk":
-        raise ConfigError(f"{source}: 'head.name: triplet' mines triplets inside each batch and needs identity-"
-                          "balanced batches: set data.sampler=pk (and data.images_per_identity)")
-    if h.name == "triplet" and h.m is not None and h.m < 0:
-        raise ConfigError(f"{source}: 'head.m' (the triplet margin) must be >= 0")
-    if d.sampler == "pk":
-        from face_recognition_tf.data.pk_sampler import check_pk
-
-        try:
-            check_pk(int(cfg.train.batch_size), int(d.images_per_identity))
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: data.sampler=pk: {exc}") from None
-
-
-def _validate_partial_fc(cfg: DictConfig, source: str) -> None:
-    pfc, h = cfg.head.partial_fc, cfg.head
-    if not 0 < pfc.sample_rate <= 1:
-        raise ConfigError(f"{source}: 'head.partial_fc.sample_rate' must be in (0, 1], got {pfc.sample_rate}")
-    if pfc.enabled and (h.name not in ("arcface", "cosface", "combined", "sphereface")
-                        or h.sphereface_form != "normalized"):
-        raise ConfigError(f"{source}: 'head.partial_fc' shards the class centres of a normalised margin head "
-                          f"(arcface, cosface, combined, sphereface in its normalized form), not head {h.name}")
-    if pfc.enabled and cfg.train.strategy == "central_storage":
-        raise ConfigError(f"{source}: 'head.partial_fc' keeps centres on each replica's device; central_storage "
-                          "keeps every variable in one place: use mirrored or multi_worker")
-    if pfc.enabled and cfg.train.jit_compile:
-        raise ConfigError(f"{source}: 'head.partial_fc' samples a varying number of centres; set train.jit_compile=false")
-
-
-def _l2_factor(cfg: DictConfig) -> float:
-    """The models' L2 factor for `train.weight_decay`.
-
-    `train.weight_decay` means what it means in insightface's SGD: the update adds wd x w to the
-    gradient.  A Keras L2(f) regularizer adds f x ||w||^2 (gradient 2 f w), hence f = wd / 2.
-    Decoupled and coupled modes put no regularizer on the models at all: the optimizer decays.
-    """
-    if cfg.train.regularization != "l2":
-        return 0.0
-    return float(cfg.train.weight_decay) / 2.0
-
-
-def backbone_kwargs(cfg: DictConfig) -> dict:
-    """The exact `build_backbone` arguments (written to RUN/backbone.json).
-
-    The input normalisation is listed only when it is not the models' standard (x - 127.5) / 128, so
-    the backbone.json of every run that does not ask for another one stays as it was (resume compares it).
-    """
-    m = cfg.model
-    weight_decay = _l2_factor(cfg)
-    clipping = OmegaConf.to_container(m.renorm_clipping) if isinstance(m.renorm_clipping, DictConfig) else m.renorm_clipping
-    from face_recognition_tf.models.input_normalization import is_standard
-
-    normalisation = {} if is_standard(m.input_mean, m.input_std) else {
-        "input_mean": float(m.input_mean), "input_std": float(m.input_std)}
-    return {
-        "name": m.backbone,
-        "embedding_size": int(m.embedding_size),
-        "normalization": m.normalization,
-        "input_shape": [int(m.input_size), int(m.input_size), 3],
-        "dropout": float(m.dropout),
-        "width_multiplier": float(m.width_multiplier),
-        "weight_decay": float(weight_decay),
-        "bn_momentum": float(m.bn_momentum),
-        "bn_epsilon": float(m.bn_epsilon),
-        "renorm_clipping": clipping,
-        "renorm_momentum": float(m.renorm_momentum),
-        "groups": int(m.groups),
-        **normalisation,
-    }
-
-
-def head_kwargs(cfg: DictConfig, num_classes: int) -> dict:
-    h = cfg.head
-    weight_decay = _l2_factor(cfg)
-    return {
-        "name": h.name, "num_classes": int(num_classes), "embedding_size": int(cfg.model.embedding_size),
-        "s": float(h.s), "m": None if h.m is None else float(h.m), "m1": float(h.m1), "m2": float(h.m2), "m3": float(h.m3),
-        "easy_margin": bool(h.easy_margin), "weight_decay": float(weight_decay), **_head_options(h),
-    }
-
-
-def _head_options(h) -> dict:
-    """The head settings added with issue 12, listed only where they differ from the defaults, so the
-    head.json of every earlier run stays as it was (resume compares it)."""
-    defaults = HeadConfig()
-    keys = ("gradient", "sphereface_form", "lambda_base", "lambda_gamma", "lambda_power", "lambda_min", "mining")
-    return {k: h[k] for k in keys if h[k] != getattr(defaults, k)}
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -3,15 +3,9 @@
 import pytest
 from omegaconf import OmegaConf
 
-from face_recognition_tf.config import (
-    PACKAGED_CONFIGS,
-    backbone_kwargs,
-    head_kwargs,
-    load_config,
-    resolve_config_path,
-    save_config,
-)
+from face_recognition_tf.config import PACKAGED_CONFIGS, load_config, resolve_config_path, save_config
 from face_recognition_tf.errors import ConfigError
+from face_recognition_tf.training.model_args import backbone_kwargs, head_kwargs
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
@@ -106,3 +100,30 @@ def test_saved_config_round_trips(tmp_path):
     again = load_config(tmp_path / "run" / "config.yaml")
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
     assert not list((tmp_path / "run").glob(".*tmp"))
+
+
+def test_model_names_come_from_the_registries(monkeypatch):
+    from face_recognition_tf.models import factory
+
+    monkeypatch.setattr(factory, "_BACKBONES", dict(factory._BACKBONES))
+    monkeypatch.setattr(factory, "_HEADS", dict(factory._HEADS))
+    factory.register_backbone("tiny_registered")(lambda embedding_size, **kwargs: None)
+    factory.register_head("plain_registered")(lambda num_classes, embedding_size, **kwargs: None)
+    cfg = load_config("quickstart", ["model.backbone=tiny_registered", "head.name=plain_registered"])
+    assert (cfg.model.backbone, cfg.head.name) == ("tiny_registered", "plain_registered")
+    assert load_config("quickstart", ["model.backbone=mbf_large"]).model.backbone == "mbf_large"
+    with pytest.raises(ConfigError, match=r"quickstart\.yaml with overrides model\.backbone=r7: 'model\.backbone' "
+                                          r"is 'r7'; choose one of .*r50.*tiny_registered"):
+        load_config("quickstart", ["model.backbone=r7"])
+    with pytest.raises(ConfigError, match=r"'head\.name' is 'arcfase'; choose one of .*plain_registered"):
+        load_config("quickstart", ["head.name=arcfase"])
+
+
+def test_loading_a_config_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; from face_recognition_tf.config import load_config; load_config('ms1m_r50', "
+            "['train.strategy=mirrored', 'model.backbone=mobilefacenet']); print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -106,3 +106,11 @@ def test_registering_new_models(monkeypatch):
     assert head.get_config()["m"] == 0.0 and head.s == 2.0
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("r50")(tiny)
+
+
+def test_builtin_names_known_without_tensorflow_match_the_registries():
+    # config checks use model_names while the factory is not imported; the two lists must agree
+    from face_recognition_tf.model_names import BUILTIN_BACKBONES, BUILTIN_HEADS
+
+    assert set(factory._BACKBONES) == set(BUILTIN_BACKBONES)
+    assert set(factory._HEADS) == set(BUILTIN_HEADS)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import keras
 
-NORMALIZATIONS = ("batch", "batch_renorm", "group")
+from face_recognition_tf.model_names import NORMALIZATIONS  # listed TensorFlow-free: configs check it
 
 # The original TF2 project's renorm clipping; Keras' defaults are "no clipping".
 DEFAULT_RENORM_CLIPPING = {"rmax": 3.0, "rmin": 1.0 / 3.0, "dmax": 5.0}

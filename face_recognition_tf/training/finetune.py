@@ -290,7 +290,7 @@ def check_early_stopping(cfg, data_dir, strategy_name: str) -> None:
                           "make some with `frtf make-pairs`, or set train.early_stopping.patience=null")
 
 
-# ---- config checks (called by config.validate) ------------------------------------------------------
+# ---- config checks (called by config_checks.validate) -----------------------------------------------
 def check_finetune_config(cfg, source: str) -> None:
     """`finetune.unfreeze` and `train.early_stopping` values, as one-line ConfigErrors."""
     ft = cfg.finetune

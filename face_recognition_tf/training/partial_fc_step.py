@@ -36,9 +36,9 @@ def build_partial_fc(cfg, info, num_classes: int):
 
     Call outside the strategy's scope: a variable created inside it would be mirrored.
     """
-    from face_recognition_tf.config import head_kwargs
     from face_recognition_tf.models import build_head
     from face_recognition_tf.models.partial_fc import MARGIN_HEADS, PartialFC
+    from face_recognition_tf.training.model_args import head_kwargs
 
     h, t = cfg.head, cfg.train
     if h.name not in MARGIN_HEADS or getattr(h, "sphereface_form", "normalized") != "normalized":

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from face_recognition_tf.config import backbone_kwargs, head_kwargs, save_config
+from face_recognition_tf.config import save_config
 from face_recognition_tf.data.pipeline import normalize_images
 from face_recognition_tf.errors import CheckpointError, ConfigError, DatasetError, FaceRecognitionError
 from face_recognition_tf.training import checkpoints as ck
@@ -42,6 +42,7 @@ from face_recognition_tf.training.optim import (
     scaled_lr,
 )
 from face_recognition_tf.training.finetune import unfreeze_if_due
+from face_recognition_tf.training.model_args import backbone_kwargs, head_kwargs
 from face_recognition_tf.training.partial_fc_step import begin_centres, finish_centres
 from face_recognition_tf.training.schedules import build_schedule
 from face_recognition_tf.training.strategy import StrategyInfo, gather_from_workers, make_strategy
