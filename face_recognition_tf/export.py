@@ -30,6 +30,7 @@ import numpy as np
 
 from face_recognition_tf.atomic import check_writable_dir, dir_mode, replace_path, temporary_dir_beside
 from face_recognition_tf.errors import CheckpointError, ConfigError, FaceRecognitionError, OutputError
+from face_recognition_tf.model_io import embedding_output, model_image_size  # the one lookup / unwrapping
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 # "ours": the contract above; "insightface": ONNX as insightface's model zoo loads a recognition model
@@ -79,13 +80,6 @@ def output_format(out, format: str | None = None) -> str:
     return format
 
 
-def _image_size(model) -> int:
-    shape = getattr(model, "input_shape", None)
-    if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[1] == shape[2]:
-        return int(shape[1])
-    return 112
-
-
 def _input_spec(image_size: int):
     import tensorflow as tf
 
@@ -97,10 +91,7 @@ def _serving_fn(model, l2_normalize: bool):
     import tensorflow as tf
 
     def serve(images):
-        outputs = model(images, training=False)
-        if isinstance(outputs, dict):
-            outputs = next(iter(outputs.values()))
-        embedding = tf.cast(outputs, tf.float32)
+        embedding = tf.cast(embedding_output(model(images, training=False)), tf.float32)
         if l2_normalize:
             embedding = tf.math.l2_normalize(embedding, axis=-1)
         return {OUTPUT_NAME: embedding}
@@ -233,7 +224,7 @@ def export_model(model, out, format: str | None = None, *, quantize: str = "none
         from face_recognition_tf.model_io import load_embedding_model
 
         model = load_embedding_model(model)
-    image_size = _image_size(model)
+    image_size = model_image_size(model)
     serve = _serving_fn(model, l2_normalize)
     work = temporary_dir_beside(out)
     try:
@@ -283,9 +274,9 @@ def run_exported(path, images: np.ndarray, format: str | None = None) -> np.ndar
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     graph_input = session.get_inputs()[0]
     if graph_input.shape[1] == 3:  # insightface layout: raw RGB pixels, channels first
-        from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
+        from face_recognition_tf.models.input_normalization import pixels_from_normalized
 
-        images = (images * MODEL_INPUT_STD + MODEL_INPUT_MEAN).transpose(0, 3, 1, 2)
+        images = pixels_from_normalized(images).transpose(0, 3, 1, 2)
     return np.asarray(session.run(None, {graph_input.name: images})[0])
 
 
@@ -298,15 +289,12 @@ def check_export(model, path, format: str | None = None, *, batch: int = 4, seed
         from face_recognition_tf.model_io import load_embedding_model
 
         model = load_embedding_model(model)
-    size = _image_size(model)
-    rng = np.random.default_rng(seed)
-    from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
+    from face_recognition_tf.models.input_normalization import normalize_pixels
 
-    images = (rng.integers(0, 256, (batch, size, size, 3)).astype(np.float32) - MODEL_INPUT_MEAN) / MODEL_INPUT_STD
-    reference = model(tf.constant(images), training=False)
-    if isinstance(reference, dict):
-        reference = next(iter(reference.values()))
-    reference = np.asarray(reference, np.float32)
+    size = model_image_size(model)
+    rng = np.random.default_rng(seed)
+    images = normalize_pixels(rng.integers(0, 256, (batch, size, size, 3)))
+    reference = np.asarray(embedding_output(model(tf.constant(images), training=False)), np.float32)
     if l2_normalize:
         reference = reference / np.maximum(np.linalg.norm(reference, axis=-1, keepdims=True), 1e-12)
     exported = run_exported(path, images, format)
@@ -346,7 +334,7 @@ def run(args) -> int:
     out = export_model(model, args.out, format, quantize=args.quantize, opset=args.opset,
                        l2_normalize=args.l2_normalize, overwrite=args.overwrite, layout=args.layout)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
-    side = _image_size(model)
+    side = model_image_size(model)
     if args.layout == "insightface":
         from face_recognition_tf.pretrained.onnx_writer import INPUT_NAME as DATA
 

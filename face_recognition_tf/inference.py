@@ -23,7 +23,7 @@ from face_recognition_tf.errors import FaceRecognitionError
 from face_recognition_tf.faces.align import align_face
 from face_recognition_tf.faces.detect import Face, FaceDetector, NoFaceError, load_rgb
 from face_recognition_tf.faces.gallery import Gallery, Match, l2_normalize
-from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
+from face_recognition_tf.model_io import model_image_size
 
 # Cosine similarity above which two faces are called the same person.  0.3 (squared L2 distance 1.4
 # between normalised embeddings) is near the LFW best threshold of ArcFace-trained IR-ResNets; your
@@ -125,13 +125,6 @@ def threshold_from_results(path, target: str | None = None, checkpoint: str | No
     raise DatasetError(f"{path}: result entry has neither cosine_threshold nor threshold_mean")
 
 
-def _model_image_size(model) -> int:
-    shape = getattr(model, "input_shape", None)
-    if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[1] == shape[2]:
-        return int(shape[1])
-    return 112
-
-
 class FaceRecognizer:
     """Embed, verify and identify faces with a trained embedding model.
 
@@ -178,8 +171,8 @@ class FaceRecognizer:
         self.detector = detector
         self.flip = bool(flip)
         self.batch_size = int(batch_size)
-        self.image_size = _model_image_size(model)
-        self._forward = None
+        self.image_size = model_image_size(model)
+        self._embedder = None
 
     # ----------------------------------------------------------------------------------- faces
     def detect(self, image) -> list[Face]:
@@ -220,21 +213,14 @@ class FaceRecognizer:
         return align_face(image, face.landmarks, size)
 
     # ------------------------------------------------------------------------------ embeddings
-    def _model_forward(self):
-        if self._forward is None:
-            import tensorflow as tf
+    def _model_embedder(self):
+        """The model's `Embedder` (evaluation/embed.py), built on first use: the one image + mirror
+        forward pass, so these embeddings are the ones `frtf evaluate` measured thresholds on."""
+        if self._embedder is None:
+            from face_recognition_tf.evaluation.embed import Embedder
 
-            model = self.model
-
-            @tf.function(input_signature=[tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.float32)])
-            def forward(images):
-                outputs = model(images, training=False)
-                if isinstance(outputs, Mapping):
-                    outputs = next(iter(outputs.values())) if len(outputs) == 1 else outputs["embedding"]
-                return tf.cast(outputs, tf.float32)
-
-            self._forward = forward
-        return self._forward
+            self._embedder = Embedder(self.model)
+        return self._embedder
 
     def embed_aligned(self, crops: np.ndarray, normalize: bool = True) -> np.ndarray:
         """Embeddings (N, D) float32 of aligned uint8 crops (N, S, S, 3), in batches."""
@@ -243,18 +229,15 @@ class FaceRecognizer:
             raise FaceRecognitionError(
                 f"expected aligned crops of shape (N, {self.image_size}, {self.image_size}, 3), got {crops.shape}"
             )
-        forward = self._model_forward()
-        chunks = []
-        for start in range(0, len(crops), self.batch_size):
-            batch = (crops[start:start + self.batch_size].astype(np.float32) - MODEL_INPUT_MEAN) / MODEL_INPUT_STD
-            if self.flip:  # one pass over image and mirror, summed (insightface)
-                both = np.asarray(forward(np.concatenate([batch, batch[:, :, ::-1]])))
-                chunks.append(both[: len(batch)] + both[len(batch):])
-            else:
-                chunks.append(np.asarray(forward(batch)))
-        if not chunks:
+        if crops.dtype != np.uint8:
+            raise FaceRecognitionError(f"expected aligned crops of uint8 pixels 0-255, got {crops.dtype} "
+                                       "(convert with np.clip(x, 0, 255).astype(np.uint8))")
+        if not len(crops):
             return np.zeros((0, 0), np.float32)
-        embeddings = np.concatenate(chunks).astype(np.float32)
+        embeddings, flips = self._model_embedder()(crops, batch_size=self.batch_size, flip=self.flip)
+        if flips is not None:  # image and mirror, summed (insightface)
+            embeddings = embeddings + flips
+        embeddings = embeddings.astype(np.float32)
         if not np.all(np.isfinite(embeddings)):
             raise FaceRecognitionError(f"model {self.model_name} produced NaN or infinite embeddings")
         return l2_normalize(embeddings) if normalize else embeddings

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from face_recognition_tf.errors import CheckpointError
@@ -26,6 +27,33 @@ CHECKPOINT_DIR = "checkpoints"
 BACKBONE_SPEC = "backbone.json"
 FINAL_MODEL = "embedding.keras"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+DEFAULT_IMAGE_SIZE = 112  # the ArcFace crop, for a model that does not state its input shape
+
+
+def model_image_size(model) -> int:
+    """The side S of the square (B, S, S, 3) images a loaded model takes: its Keras `input_shape`,
+    else 112 (a SavedModel wrapper, or any callable without a usable shape).  The one lookup that
+    inference, export and the demo use."""
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[1] == shape[2]:
+        return int(shape[1])
+    return DEFAULT_IMAGE_SIZE
+
+
+def embedding_output(outputs):
+    """The embedding tensor of a model call's result: a SavedModel signature (or a `TFSMLayer`)
+    returns a dict of named outputs; one output is the embedding, several must include
+    "embedding" (what `frtf export` names it).  A tensor passes through.  Works inside a traced
+    function (it only looks at the dict's keys)."""
+    if not isinstance(outputs, Mapping):
+        return outputs
+    if len(outputs) == 1:
+        return next(iter(outputs.values()))
+    if "embedding" in outputs:
+        return outputs["embedding"]
+    raise CheckpointError(f"the model returns {sorted(outputs)}; expected one embedding output")
 
 
 def is_run_folder(path: Path) -> bool:
@@ -160,12 +188,7 @@ class _SavedModelEmbedder:
         self._layer = layer
 
     def __call__(self, images, training=False):
-        outputs = self._layer(images)
-        if isinstance(outputs, dict):
-            if len(outputs) != 1:
-                raise CheckpointError(f"SavedModel returns {sorted(outputs)}; expected one embedding output")
-            outputs = next(iter(outputs.values()))
-        return outputs
+        return embedding_output(self._layer(images))
 
 
 def read_backbone_spec(run_dir: Path) -> dict:

@@ -18,11 +18,13 @@ from face_recognition_tf.data.convert import _fingerprint_listing, run_conversio
 from face_recognition_tf.errors import DatasetError
 from face_recognition_tf.faces.images import (  # the package's one reader
     IMAGE_SUFFIXES,
+    JPEG_QUALITY,
     decode_image,
+    encode_jpeg,
     identity_folders,
     list_images,
+    resize_image,
 )
-JPEG_QUALITY = 95
 
 
 class FolderSource:
@@ -38,12 +40,10 @@ class FolderSource:
 
     def encode(self, rel: str, verify: bool) -> tuple[bytes | None, str | None]:
         """(JPEG bytes to store, None) or (None, why the file cannot be used)."""
-        import cv2
-
         data = (self.root / rel).read_bytes()
         is_jpeg = data[:2] == b"\xff\xd8"
         try:
-            img = cv2.cvtColor(decode_image(data, rel).image, cv2.COLOR_RGB2BGR)
+            img = decode_image(data, rel).image
         except DatasetError as exc:
             return None, str(exc)[len(rel) + 2:]  # "not a readable image (...)", without the name
         h, w = self.image_size
@@ -51,16 +51,16 @@ class FolderSource:
             if not self.resize:
                 return None, f"image is {img.shape[1]}x{img.shape[0]}, expected aligned {w}x{h} faces " \
                              "(align them first, or pass --resize)"
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            img = resize_image(img, (w, h))
             is_jpeg = False
         if is_jpeg and b"\xff\xd9" not in data[-64:]:
             return None, "corrupt JPEG (truncated: no end-of-image marker)"
         if is_jpeg:
             return data, None
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
+        encoded = encode_jpeg(img, JPEG_QUALITY)
+        if encoded is None:
             return None, "could not be encoded as JPEG"
-        return buf.tobytes(), None
+        return encoded, None
 
     def write_rows(self, writer, rows: dict, verify: bool, skip_corrupt: bool, tick) -> list:
         skipped = []

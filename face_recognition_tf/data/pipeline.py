@@ -53,7 +53,8 @@ def decode_batch(jpegs: tf.Tensor, image_size=IMAGE_SIZE, flip=None) -> tf.Tenso
 
 def normalize_images(images: tf.Tensor) -> tf.Tensor:
     """uint8 (or float in [0, 255]) -> float32 (x - 127.5) / 128, the models' input (a model trained on
-    another normalisation converts it itself: models/input_normalization.py)."""
+    another normalisation converts it itself: models/input_normalization.py, which also holds the
+    numpy twin `normalize_pixels` for code that holds numpy arrays)."""
     return (tf.cast(images, tf.float32) - MODEL_INPUT_MEAN) / MODEL_INPUT_STD
 
 

@@ -22,25 +22,30 @@ from face_recognition_tf.evaluation.verification import (
 
 
 class Embedder:
-    """A model plus its compiled embedding functions (with and without flips)."""
+    """A model plus its compiled embedding functions (with and without flips).
+
+    The one embedding forward pass: `frtf evaluate`, `frtf calibrate`, validation during training and
+    `FaceRecognizer` (inference, the demo) all embed through it, so a threshold measured by one holds
+    for the others.
+    """
 
     def __init__(self, model):
         import tensorflow as tf
 
         from face_recognition_tf.data.pipeline import normalize_images as normalize  # the one definition
+        from face_recognition_tf.model_io import embedding_output  # a SavedModel's dict of outputs
 
         self.model = model
         spec = [tf.TensorSpec([None, None, None, 3], tf.uint8)]
 
-        def plain(images):
-            return tf.cast(model(normalize(images), training=False), tf.float32)
+        def embed(images):
+            return tf.cast(embedding_output(model(normalize(images), training=False)), tf.float32)
 
-        def with_flip(images):
+        def with_flip(images):  # image and mirror in one call (one larger batch), split after
             both = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
-            out = tf.cast(model(normalize(both), training=False), tf.float32)
-            return tf.split(out, 2, axis=0)
+            return tf.split(embed(both), 2, axis=0)
 
-        self._plain = tf.function(plain, input_signature=spec)
+        self._plain = tf.function(embed, input_signature=spec)
         self._with_flip = tf.function(with_flip, input_signature=spec)
 
     def __call__(self, images_uint8, *, batch_size: int = 64, flip: bool = True, progress: bool = False,

@@ -26,17 +26,22 @@ from pathlib import Path
 import numpy as np
 
 from face_recognition_tf.errors import ConfigError, DatasetError
-from face_recognition_tf.faces.images import IMAGE_SUFFIXES, decode_image, identity_folders  # the one reader
+from face_recognition_tf.faces.images import (  # the one reader and resizer
+    IMAGE_SUFFIXES,
+    JPEG_QUALITY,
+    decode_image,
+    encode_jpeg,
+    has_image_suffix,
+    identity_folders,
+    resize_image,
+)
 IMAGE_SIZE = 112
-JPEG_QUALITY = 95
 
 
 def _read_face(path: Path, resize: bool) -> tuple[bytes, bool, bool]:
     """The image's JPEG bytes, and whether it was resized / re-encoded to get them."""
-    import cv2
-
     raw = path.read_bytes()
-    image = cv2.cvtColor(decode_image(raw, str(path)).image, cv2.COLOR_RGB2BGR)
+    image = decode_image(raw, str(path)).image
     height, width = image.shape[:2]
     resized = False
     if (height, width) != (IMAGE_SIZE, IMAGE_SIZE):
@@ -45,15 +50,14 @@ def _read_face(path: Path, resize: bool) -> tuple[bytes, bool, bool]:
                 f"{path}: image is {width}x{height}; expected an aligned {IMAGE_SIZE}x{IMAGE_SIZE} face "
                 "(align photos first with MTCNN + 5-point alignment, or pass --resize to scale it)"
             )
-        shrink = height > IMAGE_SIZE or width > IMAGE_SIZE
-        image = cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        image = resize_image(image, (IMAGE_SIZE, IMAGE_SIZE))
         resized = True
     if not resized and raw[:2] == b"\xff\xd8":
         return raw, False, False
-    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
+    encoded = encode_jpeg(image, JPEG_QUALITY)
+    if encoded is None:
         raise DatasetError(f"{path}: could not encode as JPEG")
-    return encoded.tobytes(), resized, True
+    return encoded, resized, True
 
 
 def _scan(folder: Path) -> tuple[list[tuple[str, list[Path]]], list[Path]]:
@@ -65,7 +69,7 @@ def _scan(folder: Path) -> tuple[list[tuple[str, list[Path]]], list[Path]]:
     for sub in people:
         images = []
         for f in sorted(sub.iterdir()):
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES:
+            if f.is_file() and not f.name.startswith(".") and has_image_suffix(f):
                 images.append(f)
             elif not f.name.startswith("."):
                 ignored.append(f)

@@ -40,12 +40,18 @@ from face_recognition_tf.errors import ConfigError, DatasetError, FaceRecognitio
 from face_recognition_tf.faces import align_report
 from face_recognition_tf.faces.align import template_for_size, warp_face
 from face_recognition_tf.faces.align_report import REPORT_JSON
-from face_recognition_tf.faces.images import IMAGE_SUFFIXES, has_image_suffix, load_image
+from face_recognition_tf.faces.images import (
+    IMAGE_SUFFIXES,
+    JPEG_QUALITY,
+    downscale,
+    encode_jpeg,
+    has_image_suffix,
+    load_image,
+)
 
 POLICIES = ("largest", "confident", "center", "skip")
 STATUSES = ("ok", "no_face", "several_faces", "unreadable", "too_small")
 JOURNAL = ".align_journal.jsonl"
-JPEG_QUALITY = 95
 PNET_WINDOW = 12  # MTCNN's smallest face, in pixels of the image it runs on
 
 
@@ -185,8 +191,6 @@ class Aligner:
         return row
 
     def _align(self, photo: Photo, crop_path: Path) -> dict:
-        import cv2
-
         settings = self.settings
         try:
             loaded = load_image(photo.source)
@@ -198,10 +202,7 @@ class Aligner:
             return {**result, "status": "too_small", "note": f"photo is {loaded.width}x{loaded.height}, smaller "
                     f"than --min-face-size {settings.min_face_size}"}
         image = loaded.image
-        height, width = image.shape[:2]
-        shrink = min(1.0, settings.detect_size / float(max(height, width)))
-        small = image if shrink == 1.0 else cv2.resize(
-            image, (max(1, round(width * shrink)), max(1, round(height * shrink))), interpolation=cv2.INTER_AREA)
+        small, shrink = downscale(image, settings.detect_size)
         to_photo = 1.0 / (shrink * loaded.scale)  # detection-copy pixels -> the file's pixels
         window = settings.min_face_size / to_photo
         if window < PNET_WINDOW:
@@ -235,10 +236,10 @@ class Aligner:
         else:
             face = sized[0]
         crop = warp_face(image, face.landmarks / shrink, settings.image_size)
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
+        encoded = encode_jpeg(crop, JPEG_QUALITY)
+        if encoded is None:
             raise FaceRecognitionError("cannot encode the crop as JPEG")
-        atomic.write_bytes(crop_path, encoded.tobytes())
+        atomic.write_bytes(crop_path, encoded)
         return {**result, **describe(face), "status": "ok", "note": "; ".join(notes)}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from face_recognition_tf.errors import FaceRecognitionError
-from face_recognition_tf.faces.images import IMAGE_SUFFIXES, list_images, read_rgb  # noqa: F401 (re-exported)
+from face_recognition_tf.faces.images import IMAGE_SUFFIXES, downscale, list_images, read_rgb  # noqa: F401 (re-exported)
 
 PICK_RULES = ("largest", "confident", "center")
 
@@ -127,16 +127,9 @@ class FaceDetector:
         `min_face_size` overrides the detector's for this call (same units: pixels of the copy MTCNN
         runs on), for callers that state the minimum in the photo's own pixels and convert it per photo.
         """
-        import cv2
 
         image, name = load_rgb(image, source)
-        height, width = image.shape[:2]
-        scale = 1.0
-        if self.max_size and max(height, width) > self.max_size:
-            scale = self.max_size / float(max(height, width))
-            image = cv2.resize(
-                image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
-            )
+        image, scale = downscale(image, self.max_size)
         p_thr, r_thr, o_thr = self.thresholds
         try:
             rows = self._detector().detect_faces(

@@ -18,6 +18,8 @@ the next.  The rules, once:
   are refused with the file's size in the message.
 * A file that cannot be used (missing, empty, not an image, corrupt, too large) raises `DatasetError`
   with one line naming it.
+* A photo is resized (`resize_image`, `downscale`) with INTER_AREA when it shrinks and INTER_LINEAR
+  when it only grows, and written back (`encode_jpeg`) at `JPEG_QUALITY`, the same in every command.
 """
 
 from __future__ import annotations
@@ -240,17 +242,49 @@ def _decode_with_pillow(data: bytes, source: str, fmt: str) -> LoadedImage:
     return LoadedImage(image, image.shape[1], image.shape[0], 1.0, fmt)
 
 
-def _fit(loaded: LoadedImage, max_side: int | None) -> LoadedImage:
-    """Downscale to `max_side` (INTER_AREA: averages, so no aliasing) and say so in the note."""
+def resize_image(image: np.ndarray, size) -> np.ndarray:
+    """`image` at `size` = (width, height): the package's one photo resize.
+
+    INTER_AREA when either side shrinks (it averages the pixels a target pixel covers, so there is no
+    aliasing), INTER_LINEAR when the image only grows (INTER_AREA enlarges almost like nearest
+    neighbour, which leaves blocks).  `--resize` in `convert --from-folder` and `make-pairs`, and every
+    downscale of a photo for detection, go through here.
+    """
     import cv2
 
-    image = loaded.image
+    width, height = int(size[0]), int(size[1])
+    shrink = height < image.shape[0] or width < image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+JPEG_QUALITY = 95  # what the package writes when it has to (re-)encode a photo or a crop
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes | None:
+    """RGB uint8 (H, W, 3) -> JPEG bytes (the inverse of `decode_image`'s colour order), or None if
+    OpenCV cannot encode it."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return encoded.tobytes() if ok else None
+
+
+def downscale(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """`image` shrunk so that its longer side is at most `max_side` (None: no limit), and the ratio
+    of the new size to the old (1.0 when it already fits)."""
     height, width = image.shape[:2]
-    if max_side is None or max(height, width) <= max_side:
-        return loaded
+    if not max_side or max(height, width) <= max_side:
+        return image, 1.0
     ratio = max_side / float(max(height, width))
-    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return resize_image(image, (max(1, round(width * ratio)), max(1, round(height * ratio)))), ratio
+
+
+def _fit(loaded: LoadedImage, max_side: int | None) -> LoadedImage:
+    """Downscale to `max_side` (`downscale`) and say so in the note."""
+    image, ratio = downscale(loaded.image, max_side)
+    if ratio == 1.0:
+        return loaded
+    size = (image.shape[1], image.shape[0])
     note = (f"{loaded.width}x{loaded.height} photo downscaled to {size[0]}x{size[1]} "
             f"(longer side at most {max_side})")
     return dataclasses.replace(loaded, image=image, scale=size[0] / loaded.width, note=note)

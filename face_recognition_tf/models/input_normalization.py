@@ -21,6 +21,21 @@ MODEL_INPUT_MEAN = 127.5
 MODEL_INPUT_STD = 128.0
 
 
+def normalize_pixels(images) -> np.ndarray:
+    """Pixels (uint8, or float in [0, 255]) -> float32 ``(x - 127.5) / 128``, the models' input, in numpy.
+
+    The numpy twin of ``data.pipeline.normalize_images`` (the TensorFlow one, used inside traced
+    functions) for code paths that hold numpy arrays and must not need TensorFlow for it; the numbers
+    are the same (``x - 127.5`` is exact in float32 for 0-255 and dividing by 128 is a power of two).
+    """
+    return (np.asarray(images).astype(np.float32) - MODEL_INPUT_MEAN) / MODEL_INPUT_STD
+
+
+def pixels_from_normalized(images) -> np.ndarray:
+    """The inverse of :func:`normalize_pixels`: model input back to float32 pixels in [0, 255]."""
+    return np.asarray(images, np.float32) * MODEL_INPUT_STD + MODEL_INPUT_MEAN
+
+
 def _per_channel(value, name: str) -> tuple[float, ...]:
     values = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
     if values.size not in (1, 3) or not np.all(np.isfinite(values)):

@@ -177,8 +177,7 @@ def import_model(src, out, *, input_mean=None, input_std=None, name=None, embedd
 
     side = int(spec["input_shape"][0])
     images = _random_batch(side)
-    ours = np.asarray(model((images.astype(np.float32) - norm.MODEL_INPUT_MEAN) / norm.MODEL_INPUT_STD,
-                            training=False))
+    ours = np.asarray(model(norm.normalize_pixels(images), training=False))
     reference, checked_with = _reference_embeddings(src, fmt, images, outer, spec)
     parity = {"reference": checked_with, "batch": PARITY_BATCH, "tolerance": PARITY_TOLERANCE,
               "max_abs_diff": None}
