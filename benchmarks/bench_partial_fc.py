@@ -71,7 +71,7 @@ def _measure(args, info, classes: int) -> None:
     import tensorflow as tf
 
     from face_recognition_tf.config import load_config
-    from face_recognition_tf.training.trainer import TrainStep
+    from face_recognition_tf.training.train_step import TrainStep
 
     cfg = load_config("quickstart", [
         f"model.embedding_size={args.dim}", "model.input_size=32", f"train.batch_size={args.batch}",

@@ -26,7 +26,7 @@ def measure(name, args, replicas):
 
     from face_recognition_tf.config import load_config
     from face_recognition_tf.training.strategy import make_strategy
-    from face_recognition_tf.training.trainer import TrainStep
+    from face_recognition_tf.training.train_step import TrainStep
 
     cfg = load_config("quickstart", [f"train.batch_size={args.batch}", f"model.width_multiplier={args.width}",
                                      f"model.backbone={args.backbone}", f"train.precision={args.precision}"])

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from face_recognition_tf.config import load_config
 from face_recognition_tf.training.strategy import make_strategy
-from face_recognition_tf.training.trainer import TrainStep
+from face_recognition_tf.training.train_step import TrainStep
 
 CLASSES = 5
 

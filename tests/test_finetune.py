@@ -156,7 +156,7 @@ def test_all_but_embedding_trains_only_the_embedding_layers_and_head(source, tmp
 def _spy_updates(monkeypatch):
     """Record, before every update, which backbone layers train and every backbone weight."""
     from face_recognition_tf.training.finetune import weighted_layers
-    from face_recognition_tf.training.trainer import TrainStep
+    from face_recognition_tf.training.train_step import TrainStep
 
     seen = []
     original = TrainStep.__call__

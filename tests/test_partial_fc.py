@@ -19,7 +19,7 @@ from face_recognition_tf.config import load_config
 from face_recognition_tf.errors import ConfigError
 from face_recognition_tf.models.partial_fc import initial_centres, num_sampled, shard_bounds
 from face_recognition_tf.training.strategy import make_strategy
-from face_recognition_tf.training.trainer import TrainStep
+from face_recognition_tf.training.train_step import TrainStep
 
 
 

@@ -80,7 +80,7 @@ def test_training_step_normalises_uint8_on_the_device_as_evaluation_does(data_di
     uint8; evaluation (Embedder) normalises uint8 with the same function."""
     from face_recognition_tf.config import load_config
     from face_recognition_tf.training.strategy import make_strategy
-    from face_recognition_tf.training.trainer import TrainStep
+    from face_recognition_tf.training.train_step import TrainStep
 
     cfg = load_config("quickstart", ["model.backbone=mobilefacenet", "model.width_multiplier=0.125", "model.embedding_size=16",
                              "train.batch_size=8", "train.optimizer=sgd", "train.lr=0.1", "train.lr_reference_batch=null"])

@@ -85,7 +85,7 @@ def test_each_input_pipeline_gets_whole_groups(data_dir):
 
 def test_every_replica_and_micro_batch_holds_whole_groups(data_dir):
     from face_recognition_tf.training.strategy import make_strategy
-    from face_recognition_tf.training.trainer import make_dataset_fn
+    from face_recognition_tf.training.train_data import make_dataset_fn
 
     cfg = load_config("quickstart", ["train.batch_size=8", "data.sampler=pk", f"data.images_per_identity={K}",
                                      "train.accumulation_steps=2"])

@@ -24,7 +24,7 @@ from face_recognition_tf.training.effective import EFFECTIVE_FILE, describe_sett
 from face_recognition_tf.training.model_args import backbone_kwargs
 from face_recognition_tf.training.optim import CoupledDecaySGD, build_optimizer, clip_by_global_norm
 from face_recognition_tf.training.strategy import make_strategy
-from face_recognition_tf.training.trainer import TrainStep
+from face_recognition_tf.training.train_step import TrainStep
 
 TINY = ["model.backbone=r18", "model.width_multiplier=0.125", "model.embedding_size=16", "model.input_size=32"]
 

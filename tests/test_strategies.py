@@ -16,7 +16,7 @@ import tensorflow as tf
 from face_recognition_tf.config import load_config
 from face_recognition_tf.training.strategy import build_tf_config, make_strategy
 from face_recognition_tf.errors import ConfigError
-from face_recognition_tf.training.trainer import TrainStep
+from face_recognition_tf.training.train_step import TrainStep
 
 GLOBAL_BATCH = 8
 STEPS = 3

@@ -14,7 +14,8 @@ from face_recognition_tf.config import load_config
 from face_recognition_tf.errors import CheckpointError, ConfigError
 from face_recognition_tf.training import checkpoints as ck
 from face_recognition_tf.training.strategy import make_strategy
-from face_recognition_tf.training.trainer import NonFiniteLossError, Trainer, TrainStep
+from face_recognition_tf.training.train_step import TrainStep
+from face_recognition_tf.training.trainer import NonFiniteLossError, Trainer
 
 SMALL = ["model.width_multiplier=0.125", "model.embedding_size=16", "train.batch_size=8",
          "head.s=16", "head.m=0.2", "log.every_steps=1", "validation.every_steps=6", "checkpoint.every_steps=4"]

@@ -142,7 +142,7 @@ def _step_trajectory(strategy_name, per_replica, accumulation, steps=3):
     """Losses of a few triplet updates on in-memory 32x32 data whose every batch of 4 is 2 identities x 2."""
     from face_recognition_tf.config import load_config
     from face_recognition_tf.training.strategy import make_strategy
-    from face_recognition_tf.training.trainer import TrainStep
+    from face_recognition_tf.training.train_step import TrainStep
 
     cfg = load_config("quickstart", [
         "model.embedding_size=16", "model.input_size=32", "model.width_multiplier=0.125",

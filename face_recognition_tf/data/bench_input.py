@@ -133,7 +133,7 @@ def run(args) -> int:
     augment = None
     if args.config is not None:
         from face_recognition_tf.config import load_config
-        from face_recognition_tf.training.trainer import augment_options
+        from face_recognition_tf.training.train_data import augment_options
 
         augment = augment_options(load_config(args.config))
     cores = usable_cores()

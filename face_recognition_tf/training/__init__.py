@@ -1,11 +1,11 @@
-"""Training: one custom loop for every tf.distribute strategy (see trainer.py for why).
+"""Training: one custom loop for every tf.distribute strategy (see trainer.py and train_step.py for why).
 
 Importing this package is cheap; TensorFlow is imported by the submodules when used.
 """
 
 _LAZY = {
     "Trainer": "face_recognition_tf.training.trainer",
-    "TrainStep": "face_recognition_tf.training.trainer",
+    "TrainStep": "face_recognition_tf.training.train_step",
     "NonFiniteLossError": "face_recognition_tf.training.trainer",
     "train": "face_recognition_tf.training.trainer",
     "make_strategy": "face_recognition_tf.training.strategy",

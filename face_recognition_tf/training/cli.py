@@ -101,7 +101,7 @@ def run(args) -> int:
     if info.is_chief:
         where = f"resuming {trainer.resumed_from}" if trainer.resumed_from else "new run"
         print(f"frtf train: {where}; strategy {info.name} with {info.num_replicas} replica(s), global batch "
-              f"{trainer.step_fn.global_batch}, lr {trainer.step_fn.base_lr:g}, {cfg.data.num_classes} classes, "
+              f"{trainer.step_fn.global_batch}, lr {trainer.step_fn.base_lr:g}, {trainer.cfg.data.num_classes} classes, "
               f"to step {trainer.stop_step} -> {out}", flush=True)
     summary = trainer.train()
     if info.is_chief:

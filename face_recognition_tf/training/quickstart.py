@@ -78,7 +78,7 @@ def run(args) -> int:
     trainer.prepare()
     print("quickstart: scoring the untrained model ...", flush=True)
     before = scores(trainer.step_fn.backbone)
-    print(f"quickstart: training {trainer.stop_step} updates of {cfg.model.backbone} "
+    print(f"quickstart: training {trainer.stop_step} updates of {trainer.cfg.model.backbone} "
           f"(global batch {trainer.step_fn.global_batch}) ...", flush=True)
     train_started = time.perf_counter()
     summary = trainer.train()
@@ -97,8 +97,8 @@ def run(args) -> int:
         "wall_seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         "steps": summary["step"], "global_batch": summary["global_batch"],
         "images_seen": summary["step"] * summary["global_batch"], "config": str(args.config),
-        "backbone": cfg.model.backbone, "run_dir": str(out / "run"), "data_dir": str(out / "data"),
-        "num_classes": int(cfg.data.num_classes),
+        "backbone": trainer.cfg.model.backbone, "run_dir": str(out / "run"), "data_dir": str(out / "data"),
+        "num_classes": int(trainer.cfg.data.num_classes),
     }
     write_json_atomic(out / "quickstart.json", report)
     print(f"\n{'pair set':<12}{'untrained':>11}{'trained':>10}")
