@@ -28,12 +28,12 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from face_recognition_tf.data import synthetic_faces as faces  # noqa: E402
-from face_recognition_tf.data.rec_layout import write_rec_dataset  # noqa: E402
+from face_recognition_tf.data.synthetic import synthetic_faces as faces  # noqa: E402
+from face_recognition_tf.data.synthetic.rec_layout import write_rec_dataset  # noqa: E402
 
 NAIVE = r"""
 import sys, time, tensorflow as tf
-from face_recognition_tf.data.recordio import RecordIOReader, unpack
+from face_recognition_tf.data.formats.recordio import RecordIOReader, unpack
 src, dst = sys.argv[1], sys.argv[2]
 t = time.perf_counter()
 reader = RecordIOReader(src + "/train.rec", src + "/train.idx")

@@ -61,7 +61,7 @@ def policies(steps: int, val_every: int) -> list[tuple[str, str, list[str]]]:
 def render_people(folder: Path, count: int, photos: int, seed: int, nuisance) -> None:
     import numpy as np
 
-    from face_recognition_tf.data import synthetic_faces as faces
+    from face_recognition_tf.data.synthetic import synthetic_faces as faces
 
     ids = np.random.default_rng([seed, 0])
     for person in range(count):
@@ -85,8 +85,8 @@ def split_by_images(src: Path, out: Path, val: int, test: int) -> None:
 
 
 def make_data(out: Path, args) -> tuple[Path, dict]:
-    from face_recognition_tf.data import synthetic_faces as faces
-    from face_recognition_tf.data.convert import convert_folder
+    from face_recognition_tf.data.conversion.convert import convert_folder
+    from face_recognition_tf.data.synthetic import synthetic_faces as faces
     from face_recognition_tf.evaluation.pairs import make_pairs_from_folder
 
     data, tests = out / "data" / "mine", {"test_photos": out / "data" / "test_photos.bin",
@@ -109,7 +109,7 @@ def make_data(out: Path, args) -> tuple[Path, dict]:
 
 def pretrain(out: Path, steps: int) -> Path:
     from face_recognition_tf.config import load_config
-    from face_recognition_tf.data.sample import ensure_converted_sample
+    from face_recognition_tf.data.synthetic.sample import ensure_converted_sample
     from face_recognition_tf.training.trainer import train
 
     run = out / "pretrained"

@@ -136,8 +136,8 @@ def main():
 
     info = make_strategy("default")
     from face_recognition_tf.data import find_bins, load_bin, read_manifest
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.sample import ensure_sample_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic.sample import ensure_sample_dataset
 
     out = Path(args.out)
     data_dir = out / "data"

@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8, help="global batch (split over the workers)")
     parser.add_argument("--out", help="folder for the runs (default: a temporary one)")
     args = parser.parse_args()
-    from face_recognition_tf.data.sample import ensure_converted_sample
+    from face_recognition_tf.data.synthetic.sample import ensure_converted_sample
 
     data = Path(ensure_converted_sample())
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-multiworker-"))

@@ -46,9 +46,9 @@ def make_dataset(images: int, work: Path) -> tuple[Path, Path]:
     """(insightface-layout folder, converted folder) of `images` synthetic face JPEGs."""
     import numpy as np
 
-    from face_recognition_tf.data import synthetic_faces as faces
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.rec_layout import write_rec_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic import synthetic_faces as faces
+    from face_recognition_tf.data.synthetic.rec_layout import write_rec_dataset
 
     rng = np.random.default_rng(0)
     people = [faces.sample_identity(rng) for _ in range(100)]
@@ -62,8 +62,8 @@ def read_jpegs(tfr: Path) -> list[bytes]:
     """The JPEG bytes of every record of a converted dataset, in file order (the loops' input)."""
     import tensorflow as tf
 
-    from face_recognition_tf.data.pipeline import FEATURES, shard_files
-    from face_recognition_tf.data.tfrecord import IMAGE_KEY
+    from face_recognition_tf.data.input.pipeline import FEATURES, shard_files
+    from face_recognition_tf.data.records.tfrecord import IMAGE_KEY
 
     files, _ = shard_files(tfr)
     ds = tf.data.TFRecordDataset(files).batch(1024).map(lambda r: tf.io.parse_example(r, FEATURES)[IMAGE_KEY])
@@ -75,8 +75,8 @@ def measure(kind: str, src: Path, tfr: Path, batches: int, warmup: int) -> dict:
     import numpy as np
 
     if kind == "pipeline":
-        from face_recognition_tf.data.bench_input import images_per_second
-        from face_recognition_tf.data.pipeline import build_train_dataset
+        from face_recognition_tf.data.input.bench_input import images_per_second
+        from face_recognition_tf.data.input.pipeline import build_train_dataset
 
         rate = images_per_second(build_train_dataset(tfr, BATCH, seed=0), batches, warmup)
     else:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from face_recognition_tf.data import load_bin  # noqa: E402
-from face_recognition_tf.data.sample import make_sample_dataset  # noqa: E402
+from face_recognition_tf.data.synthetic.sample import make_sample_dataset  # noqa: E402
 
 
 def ten_fold_accuracy(emb: np.ndarray, issame: np.ndarray, folds: int = 10) -> float:
@@ -57,8 +57,8 @@ def tiny_cnn_scores(sample_dir: Path, seconds: float, batch: int = 64) -> dict:
     import tensorflow as tf
     import keras
 
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.pipeline import build_train_dataset, normalize_images
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.input.pipeline import build_train_dataset, normalize_images
 
     conv = Path(tempfile.mkdtemp()) / "tfr"
     manifest = convert_recordio(sample_dir, conv, progress=False)

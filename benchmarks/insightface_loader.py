@@ -34,7 +34,7 @@ The venv lives outside the repo (mxnet 1.9.1 needs numpy < 1.24: it uses np.bool
     /work/mxref-venv/bin/pip install "mxnet==1.9.1" "numpy==1.23.5" "torch==2.13.0+cpu" \\
         opencv-python-headless pillow psutil
 
-Run (train.rec/train.idx in insightface's layout, e.g. from face_recognition_tf.data.rec_layout):
+Run (train.rec/train.idx in insightface's layout, e.g. from face_recognition_tf.data.synthetic.rec_layout):
 
     /work/mxref-venv/bin/python benchmarks/insightface_loader.py --rec DIR \\
         [--batches 100] [--warmup 10] [--workers 2] [--batch 128] [--seed 0]

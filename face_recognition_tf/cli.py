@@ -17,9 +17,9 @@ from face_recognition_tf.errors import FaceRecognitionError
 
 # command -> (module implementing configure_parser/run, one-line help)
 COMMANDS = {
-    "convert": ("face_recognition_tf.data.convert_cli", "convert an insightface .rec dataset (or a photo folder) to TFRecords"),
-    "bench-input": ("face_recognition_tf.data.bench_input", "images/s the training input pipeline delivers from a converted dataset here"),
-    "sample": ("face_recognition_tf.data.sample", "write the embedded synthetic sample dataset in insightface's layout"),
+    "convert": ("face_recognition_tf.data.conversion.convert_cli", "convert an insightface .rec dataset (or a photo folder) to TFRecords"),
+    "bench-input": ("face_recognition_tf.data.input.bench_input", "images/s the training input pipeline delivers from a converted dataset here"),
+    "sample": ("face_recognition_tf.data.synthetic.sample", "write the embedded synthetic sample dataset in insightface's layout"),
     "train": ("face_recognition_tf.training.cli", "train a backbone + margin head from a YAML config"),
     "evaluate": ("face_recognition_tf.evaluation.cli", "verification accuracy of checkpoints on LFW/CFP/AgeDB .bin pair sets"),
     "make-pairs": ("face_recognition_tf.evaluation.pairs", "build a verification .bin from a folder of identity sub-folders"),

@@ -119,7 +119,7 @@ def _validate_head_and_sampler(cfg: DictConfig, source: str) -> None:
     if h.name == "triplet" and h.m is not None and h.m < 0:
         raise ConfigError(f"{source}: 'head.m' (the triplet margin) must be >= 0")
     if d.sampler == "pk":
-        from face_recognition_tf.data.pk_sampler import check_pk
+        from face_recognition_tf.data.input.pk_sampler import check_pk
 
         try:
             check_pk(int(cfg.train.batch_size), int(d.images_per_identity))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from face_recognition_tf.data.synthetic_faces import Nuisance, render, sample_identity
+from face_recognition_tf.data.synthetic.synthetic_faces import Nuisance, render, sample_identity
 
 EASY = Nuisance(rotation_deg=1.0, scale=0.01, shift_px=0.5, yaw=0.01, expression=0.05, light_gradient=0.0,
                 brightness=(1.0, 1.0), color_cast=0.0, clutter=(0, 1), occlusion_prob=0.0, glasses_off_prob=0.0,

@@ -3,9 +3,9 @@
 import re
 
 from face_recognition_tf.cli import main
-from face_recognition_tf.data import convert
-from face_recognition_tf.data.bench_input import STAGES
-from face_recognition_tf.data.sample import make_sample_dataset
+from face_recognition_tf.data.conversion import convert
+from face_recognition_tf.data.input.bench_input import STAGES
+from face_recognition_tf.data.synthetic.sample import make_sample_dataset
 
 
 def test_bench_input_reports_rate_per_core_gpus_and_every_stage(tmp_path, capsys):

@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from face_recognition_tf.data import convert, find_bins, read_manifest, save_bin, shard_writing, tfrecord
-from face_recognition_tf.data.rec_layout import write_rec_dataset
-from face_recognition_tf.data.recordio import MAGIC, IRHeader, RecordIOWriter, pack
+from face_recognition_tf.data import find_bins, read_manifest, save_bin
+from face_recognition_tf.data.conversion import convert, shard_writing
+from face_recognition_tf.data.formats.recordio import MAGIC, IRHeader, RecordIOWriter, pack
+from face_recognition_tf.data.records import tfrecord
+from face_recognition_tf.data.synthetic.rec_layout import write_rec_dataset
 from face_recognition_tf.errors import DatasetError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
-from face_recognition_tf.data import convert, save_bin, shard_writing
-from face_recognition_tf.data.rec_layout import write_rec_dataset
+from face_recognition_tf.data import save_bin
+from face_recognition_tf.data.conversion import convert, shard_writing
+from face_recognition_tf.data.synthetic.rec_layout import write_rec_dataset
 from face_recognition_tf.errors import ConfigError, DatasetError, OutputError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 from packaging.specifiers import SpecifierSet
 
-from face_recognition_tf.data.sample import CACHE_ENV
+from face_recognition_tf.data.synthetic.sample import CACHE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"

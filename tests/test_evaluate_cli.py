@@ -136,7 +136,7 @@ def test_evaluate_several_checkpoints_of_a_run_folder(workspace, capsys):
 
 
 def test_without_data_uses_the_embedded_sample(workspace, capsys, monkeypatch):
-    import face_recognition_tf.data.sample as sample
+    import face_recognition_tf.data.synthetic.sample as sample
 
     root, _ = workspace
     calls = []

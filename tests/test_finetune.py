@@ -14,8 +14,8 @@ SMALL = ["model.width_multiplier=0.125", "model.embedding_size=16", "train.batch
 
 
 def _data(root, name, identities, seed):
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.sample import make_sample_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
 
     src = make_sample_dataset(root / f"{name}_src", num_identities=identities, images_per_identity=6,
                               pairs_per_set=20, seed=seed, pair_sets=("lfw",))

@@ -60,7 +60,7 @@ def huge_png(width: int, height: int) -> bytes:
 
 def test_one_suffix_set_and_listing_skips_hidden_files(tmp_path):
     assert IMAGE_SUFFIXES == {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-    from face_recognition_tf.data import folder
+    from face_recognition_tf.data.conversion import folder
     from face_recognition_tf.evaluation import pairs
     from face_recognition_tf.faces import detect
 

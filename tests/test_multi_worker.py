@@ -43,8 +43,8 @@ DIGEST = re.compile(r"weights sha256 ([0-9a-f]{16})")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """8 identities x 8 images in two shard files: each worker's input pipeline reads its own file."""
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.sample import make_sample_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
 
     root = tmp_path_factory.mktemp("tiny")
     src = make_sample_dataset(root / "src", num_identities=8, images_per_identity=8, pairs_per_set=20)

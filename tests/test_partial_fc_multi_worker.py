@@ -34,8 +34,8 @@ DEADLINE = 300  # far above what a phase needs; only there so that a hang fails 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """12 identities x 6 images in two shard files (one per worker)."""
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.sample import make_sample_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
 
     root = tmp_path_factory.mktemp("pfc")
     src = make_sample_dataset(root / "src", num_identities=12, images_per_identity=6, pairs_per_set=20)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from face_recognition_tf.data import convert, tfrecord
-from face_recognition_tf.data.pipeline import build_train_dataset, decode_image, normalize_images
-from face_recognition_tf.data.rec_layout import write_rec_dataset
+from face_recognition_tf.data.conversion import convert
+from face_recognition_tf.data.input.pipeline import build_train_dataset, decode_image, normalize_images
+from face_recognition_tf.data.records import tfrecord
+from face_recognition_tf.data.synthetic.rec_layout import write_rec_dataset
 from face_recognition_tf.errors import ConfigError
 
 NUM_CLASSES, PER_CLASS = 16, 8

@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 
 from face_recognition_tf.config import load_config
-from face_recognition_tf.data import convert
-from face_recognition_tf.data.pipeline import build_train_dataset
-from face_recognition_tf.data.pk_sampler import check_pk
-from face_recognition_tf.data.rec_layout import write_rec_dataset
+from face_recognition_tf.data.conversion import convert
+from face_recognition_tf.data.input.pipeline import build_train_dataset
+from face_recognition_tf.data.input.pk_sampler import check_pk
+from face_recognition_tf.data.synthetic.rec_layout import write_rec_dataset
 from face_recognition_tf.errors import ConfigError
 
 K = 4

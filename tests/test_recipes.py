@@ -265,8 +265,8 @@ def test_recipe_settings_are_checked(override, message):
 
 
 def test_trainer_prints_and_keeps_the_effective_values(tmp_path, capsys):
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.sample import make_sample_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
     from face_recognition_tf.training.trainer import Trainer
 
     src = make_sample_dataset(tmp_path / "src", num_identities=4, images_per_identity=4, pairs_per_set=20)

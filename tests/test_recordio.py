@@ -5,9 +5,9 @@ import struct
 import numpy as np
 import pytest
 
-from face_recognition_tf.data import recordio
-from face_recognition_tf.data.rec_layout import write_rec_dataset
-from face_recognition_tf.data.recordio import MAGIC, IRHeader, RecordIOReader, RecordIOWriter, pack, unpack
+from face_recognition_tf.data.formats import recordio
+from face_recognition_tf.data.formats.recordio import MAGIC, IRHeader, RecordIOReader, RecordIOWriter, pack, unpack
+from face_recognition_tf.data.synthetic.rec_layout import write_rec_dataset
 from face_recognition_tf.errors import DatasetError
 
 MAGIC_BYTES = struct.pack("<I", MAGIC)

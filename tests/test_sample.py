@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from face_recognition_tf.data import find_bins, load_bin, read_manifest, sample
-from face_recognition_tf.data.recordio import RecordIOReader, unpack
+from face_recognition_tf.data import find_bins, load_bin, read_manifest
+from face_recognition_tf.data.formats.recordio import RecordIOReader, unpack
+from face_recognition_tf.data.synthetic import sample
 from face_recognition_tf.errors import DatasetError
 
 SMALL = dict(num_identities=8, images_per_identity=4, pairs_per_set=40)

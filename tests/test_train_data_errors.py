@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from face_recognition_tf.config import load_config
-from face_recognition_tf.data import tfrecord
+from face_recognition_tf.data.records import tfrecord
 from face_recognition_tf.errors import DatasetError
 from face_recognition_tf.training.strategy import make_strategy
 from face_recognition_tf.training.trainer import Trainer
@@ -23,8 +23,8 @@ SMALL = ["model.width_multiplier=0.125", "model.embedding_size=16", "train.batch
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.sample import make_sample_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
 
     root = tmp_path_factory.mktemp("bad_data")
     src = make_sample_dataset(root / "src", num_identities=6, images_per_identity=6, pairs_per_set=20,

@@ -23,8 +23,8 @@ SMALL = ["model.width_multiplier=0.125", "model.embedding_size=16", "train.batch
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.sample import make_sample_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
 
     root = tmp_path_factory.mktemp("tiny")
     src = make_sample_dataset(root / "src", num_identities=8, images_per_identity=8, pairs_per_set=20)

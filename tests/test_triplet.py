@@ -177,8 +177,8 @@ def test_mirrored_replicas_equal_accumulated_micro_batches(tiny_r18):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.sample import make_sample_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
 
     root = tmp_path_factory.mktemp("tiny_triplet")
     src = make_sample_dataset(root / "src", num_identities=8, images_per_identity=8, pairs_per_set=20)

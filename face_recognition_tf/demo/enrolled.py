@@ -39,7 +39,7 @@ _SHA_RE = re.compile(r"sha256:([0-9a-f]{12,64})")
 def default_gallery_path(model) -> Path:
     """`<cache>/demo/<parent>_<model>-<hash of its absolute path>.npz` (`quickstart_run-0123456789.npz`):
     one gallery per model, since embeddings of one model are meaningless to another."""
-    from face_recognition_tf.data.sample import cache_root
+    from face_recognition_tf.data.synthetic.sample import cache_root
 
     resolved = Path(model).resolve()
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(resolved.parts[-2:])).strip("._") or "model"

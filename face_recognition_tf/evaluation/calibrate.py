@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from face_recognition_tf.data.tfrecord import file_sha256
+from face_recognition_tf.data.records.tfrecord import file_sha256
 from face_recognition_tf.errors import CheckpointError, ConfigError, DatasetError
 
 THRESHOLD_FILE = "threshold.json"

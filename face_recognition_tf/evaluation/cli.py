@@ -99,7 +99,7 @@ def _pair_set_files(data: str | None, targets: list[str] | None):
     from face_recognition_tf.data import find_bins
 
     if data is None:
-        from face_recognition_tf.data.sample import ensure_sample_dataset
+        from face_recognition_tf.data.synthetic.sample import ensure_sample_dataset
 
         folder = Path(ensure_sample_dataset())
         _say(f"no --data given: using the embedded sample dataset in {folder}")

@@ -32,7 +32,7 @@ class Embedder:
     def __init__(self, model):
         import tensorflow as tf
 
-        from face_recognition_tf.data.pipeline import normalize_images as normalize  # the one definition
+        from face_recognition_tf.data.input.pipeline import normalize_images as normalize  # the one definition
         from face_recognition_tf.model_io import embedding_output  # a SavedModel's dict of outputs
 
         self.model = model

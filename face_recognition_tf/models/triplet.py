@@ -4,7 +4,7 @@ Why it is here: it is the metric-learning baseline the margin-softmax heads repl
 comparison (benchmarks/bench_losses.py) needs it trained by the same loop.  It learns from distances
 between the batch's own embeddings, so it keeps no ``kernel`` and its size does not grow with the
 number of identities; in exchange every batch must hold several images of each identity it shows
-(``data.sampler: pk``, data/pk_sampler.py), or there is nothing to compare.
+(``data.sampler: pk``, data/input/pk_sampler.py), or there is nothing to compare.
 
 Distances are squared Euclidean between L2-normalised embeddings (FaceNet), 2 - 2 cos, in [0, 4].
 Triplets are mined inside the batch the head is given, i.e. per replica and per micro-batch:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from face_recognition_tf import atomic
-from face_recognition_tf.data.tfrecord import file_sha256
+from face_recognition_tf.data.records.tfrecord import file_sha256
 from face_recognition_tf.errors import PretrainedModelError
 from face_recognition_tf.model_io import BACKBONE_SPEC, FINAL_MODEL
 from face_recognition_tf.models import input_normalization as norm

@@ -64,7 +64,7 @@ def resolve_data(args, cfg) -> Path:
     elif cfg.data.dir:
         data = Path(cfg.data.dir)
     else:
-        from face_recognition_tf.data.sample import ensure_converted_sample
+        from face_recognition_tf.data.synthetic.sample import ensure_converted_sample
 
         data = Path(ensure_converted_sample())
     if not data.is_dir():

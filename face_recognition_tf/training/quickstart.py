@@ -53,8 +53,8 @@ def run(args) -> int:
     info = make_strategy("default")  # before any other TensorFlow work
 
     from face_recognition_tf.data import find_bins, load_bin
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.sample import ensure_sample_dataset
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.synthetic.sample import ensure_sample_dataset
     from face_recognition_tf.training.checkpoints import write_json_atomic
     from face_recognition_tf.training.trainer import Trainer
     from face_recognition_tf.training.validation import Validator

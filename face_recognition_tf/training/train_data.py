@@ -32,7 +32,7 @@ def check_data(cfg: DictConfig, data_dir: Path, manifest: dict) -> int:
         raise ConfigError(
             f"{data_dir}/manifest.json: images are {side}px but model.input_size is {cfg.model.input_size}"
         )
-    from face_recognition_tf.data.augment import resolve
+    from face_recognition_tf.data.input.augment import resolve
 
     resolve(augment_options(cfg))  # unknown augmentation keys fail now, not at the first batch
     _check_label_range(manifest, data_dir, num_classes)
@@ -65,7 +65,7 @@ def make_dataset_fn(cfg: DictConfig, data_dir: Path, epoch: int, skip_micro_batc
 
     Each epoch's dataset repeats, so a replica whose shard is shorter than the epoch never runs dry.
     """
-    from face_recognition_tf.data.pipeline import build_train_dataset
+    from face_recognition_tf.data.input.pipeline import build_train_dataset
 
     def dataset_fn(input_context):
         ds = build_train_dataset(
@@ -90,7 +90,7 @@ def make_dataset_fn(cfg: DictConfig, data_dir: Path, epoch: int, skip_micro_batc
 def scan_corrupt(data_dir: Path, num_images: int, *, progress: bool, is_chief: bool) -> list[tuple[int, int]]:
     """data.skip_corrupt: find the records whose JPEG does not decode, say how many; returns them as
     (shard index, record) pairs for the input pipeline to leave out."""
-    from face_recognition_tf.data.record_check import describe_records, find_corrupt_records
+    from face_recognition_tf.data.conversion.record_check import describe_records, find_corrupt_records
 
     found = find_corrupt_records(data_dir, progress=progress and is_chief)
     if found and is_chief:
@@ -109,7 +109,7 @@ def data_error(exc: tf.errors.InvalidArgumentError, data_dir: Path, num_classes)
                             f"{num_classes} classes ({detail.rstrip('.]')}); the manifest's "
                             "num_classes does not match the records: convert the dataset again")
     if any(word in message for word in ("JPEG", "jpeg", "DecodeJpeg", "EnsureShape")):
-        from face_recognition_tf.data.record_check import describe_records, find_corrupt_records
+        from face_recognition_tf.data.conversion.record_check import describe_records, find_corrupt_records
 
         tqdm_write(f"an image failed to decode; scanning {data_dir} for the record...")
         found = find_corrupt_records(data_dir, limit=3)

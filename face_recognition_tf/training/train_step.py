@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from face_recognition_tf.data.pipeline import normalize_images
+from face_recognition_tf.data.input.pipeline import normalize_images
 from face_recognition_tf.errors import ConfigError
 from face_recognition_tf.training.model_args import backbone_kwargs, head_kwargs
 from face_recognition_tf.training.optim import (

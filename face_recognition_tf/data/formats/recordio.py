@@ -12,7 +12,7 @@ mxnet is retired and cannot coexist with numpy 2, yet insightface's dataset zoo 
   extra float32 labels when flag > 0 (the label is then that array), then the JPEG;
 * the `.idx` lists `key<TAB>offset` lines in any order.
 
-Real datasets differ (see DESIGN.md): record 0 may be a header (flag > 0, label = [first
+Real datasets differ: record 0 may be a header (flag > 0, label = [first
 non-image key, end of identity records]) or an ordinary image (im2rec), labels may be scalar or
 arrays, and record 0 need not be at offset 0.  `scan_index` reads the headers of every record with
 large sequential reads (vectorised with numpy when the .idx gives the offsets) so a converter can
@@ -124,7 +124,7 @@ class RecordIOWriter:
         self.close()
 
 
-def read_idx(idx_path) -> tuple[np.ndarray, np.ndarray]:
+def load_idx(idx_path) -> tuple[np.ndarray, np.ndarray]:
     """(keys, offsets) from a .idx, in file order; DatasetError naming the line when malformed."""
     idx_path = Path(idx_path)
     if not idx_path.read_bytes().strip() if idx_path.stat().st_size < 64 else False:
@@ -199,7 +199,7 @@ class RecordIOReader:
         """key -> offset, from the .idx, or (without one) by numbering a sequential scan from 0."""
         if self._offset_map is None:
             if self.idx_path is not None:
-                keys, offsets = read_idx(self.idx_path)
+                keys, offsets = load_idx(self.idx_path)
                 self._offset_map = dict(zip(keys.tolist(), offsets.tolist()))
             else:
                 self._offset_map = {pos: offset for pos, (offset, _, _) in enumerate(self._records())}
@@ -217,7 +217,8 @@ class RecordIOReader:
             raise DatasetError(f"{self.rec_path}: no record with key {key}") from None
 
     def read_idx(self, key: int) -> bytes:
-        """The record stored under `key`, parts joined."""
+        """The record stored under `key`, parts joined (mxnet's MXIndexedRecordIO.read_idx; the
+        .idx file itself is read by `load_idx`)."""
         return self.read_at(self.offset(key), key=key)
 
     def read_at(self, offset: int, key=None) -> bytes:
@@ -306,7 +307,7 @@ class RecordIOReader:
             rows = [_header_row(self.rec_path, pos, offset, record, multi)
                     for pos, (offset, record, multi) in enumerate(self._records())]
             return _rows_to_index(rows)
-        keys, offsets = read_idx(self.idx_path)  # arrays, not the dict: millions of records stay small
+        keys, offsets = load_idx(self.idx_path)  # arrays, not the dict: millions of records stay small
         return self._index_by_offsets(keys, offsets)
 
     def _index_by_offsets(self, keys: np.ndarray, offsets: np.ndarray) -> RecordIndex:

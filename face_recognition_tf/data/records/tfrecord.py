@@ -1,6 +1,6 @@
 """The converted dataset on disk: TFRecord shards of tf.train.Example, and manifest.json.
 
-Schema (DESIGN.md): feature `image_raw` = the JPEG bytes exactly as stored in the source, `label` =
+Schema: feature `image_raw` = the JPEG bytes exactly as stored in the source, `label` =
 int64 class index from 0.  Shards are `train-00000-of-000NN.tfrecord`.
 
 Why this module serialises Example protos and TFRecord framing itself: a Python loop building
@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 
 from face_recognition_tf.atomic import describe_os_error
-from face_recognition_tf.data.crc32c import crc32c_python, find_crc32c, masked_crc  # noqa: F401 (re-exported)
+from face_recognition_tf.data.records.crc32c import crc32c_python, find_crc32c, masked_crc  # noqa: F401 (re-exported)
 from face_recognition_tf.errors import DatasetError, OutputError
 
 FORMAT_VERSION = 1

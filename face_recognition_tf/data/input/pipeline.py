@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from face_recognition_tf.data import augment as augment_lib
-from face_recognition_tf.data.pk_sampler import pk_batches
-from face_recognition_tf.data.tfrecord import IMAGE_KEY, LABEL_KEY, read_manifest
+from face_recognition_tf.data.input import augment as augment_lib
+from face_recognition_tf.data.input.pk_sampler import pk_batches
+from face_recognition_tf.data.records.tfrecord import IMAGE_KEY, LABEL_KEY, read_manifest
 from face_recognition_tf.errors import ConfigError
 from face_recognition_tf.models.input_normalization import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 
@@ -80,7 +80,7 @@ def build_train_dataset(data_dir, batch_size, *, augment=None, shuffle_buffer=No
     shard files when there are enough, otherwise every n-th record).
     exclude: (shard index in the manifest, record position in the shard) pairs to leave out, e.g.
     the corrupt records `record_check.find_corrupt_records` found.
-    images_per_identity: K for identity-balanced batches (data/pk_sampler.py): every batch is
+    images_per_identity: K for identity-balanced batches (data/input/pk_sampler.py): every batch is
     batch_size / K identities with K images each, in that order.  None: plain shuffled batches.
     """
     if not isinstance(batch_size, int) or batch_size < 1:

@@ -18,14 +18,13 @@ How it stays fast, safe and resumable:
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 from pathlib import Path
 
 import numpy as np
 
-from face_recognition_tf.data.recordio import RecordIOReader
-from face_recognition_tf.data.shard_writing import run_conversion
+from face_recognition_tf.data.conversion.shard_writing import fingerprint_files, run_conversion
+from face_recognition_tf.data.formats.recordio import RecordIOReader
 from face_recognition_tf.errors import DatasetError
 
 _PROGRESS_EVERY = 1024
@@ -47,30 +46,6 @@ def read_property(path: Path):
     except ValueError:
         raise DatasetError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}") from None
     return tuple(values)
-
-
-def _fingerprint(paths, extra: str = "") -> str:
-    """Cheap identity of a source: sizes, small files in full, the ends of large ones."""
-    h = hashlib.sha256(extra.encode())
-    for p in paths:
-        size = p.stat().st_size
-        h.update(f"{p.name}:{size}\n".encode())
-        with open(p, "rb") as f:
-            if size <= 4 << 20:
-                h.update(f.read())
-            else:
-                h.update(f.read(1 << 16))
-                f.seek(size - (1 << 16))
-                h.update(f.read())
-    return h.hexdigest()
-
-
-def _fingerprint_listing(entries, extra: str = "") -> str:
-    """Identity of a folder source: every relative path and size."""
-    h = hashlib.sha256(extra.encode())
-    for rel, size in entries:
-        h.update(f"{rel}:{size}\n".encode())
-    return h.hexdigest()
 
 
 class RecSource:
@@ -222,7 +197,7 @@ def _plan_recordio(src_dir: Path):
         "num_classes_source": class_source,
         "image_size": [height, width],
         "total_bytes": int(rows["payload_len"].sum()),
-        "fingerprint": _fingerprint(sources, "recordio"),
+        "fingerprint": fingerprint_files(sources, "recordio"),
         "sources": [{"file": p.name, "bytes": p.stat().st_size} for p in sources],
         "source_dir": str(rec.parent.resolve()),
         "layout": {
@@ -255,6 +230,6 @@ def convert_recordio(src_dir, out_dir, *, num_shards=None, workers=None, resume=
 
 def convert_folder(src_dir, out_dir, **kwargs) -> dict:
     """Identity sub-folders of aligned face images -> the same TFRecord schema (see folder.py)."""
-    from face_recognition_tf.data.folder import convert_folder as _convert_folder
+    from face_recognition_tf.data.conversion.folder import convert_folder as _convert_folder
 
     return _convert_folder(src_dir, out_dir, **kwargs)

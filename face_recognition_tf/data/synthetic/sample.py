@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from face_recognition_tf.atomic import temporary_dir_beside, write_json, write_text
-from face_recognition_tf.data import synthetic_faces as faces
-from face_recognition_tf.data.rec_layout import write_rec_dataset
-from face_recognition_tf.data.verification_bin import save_bin
+from face_recognition_tf.data.formats.verification_bin import save_bin
+from face_recognition_tf.data.synthetic import synthetic_faces as faces
+from face_recognition_tf.data.synthetic.rec_layout import write_rec_dataset
 from face_recognition_tf.errors import DatasetError
 
 GENERATOR_VERSION = 1  # bump when the renderer changes, so cached samples are rebuilt
@@ -212,8 +212,8 @@ def ensure_sample_dataset(cache_dir=None) -> Path:
 
 def ensure_converted_sample(cache_dir=None) -> Path:
     """The default sample converted to TFRecords (pair sets beside the shards), made once."""
-    from face_recognition_tf.data.convert import convert_recordio
-    from face_recognition_tf.data.tfrecord import read_manifest
+    from face_recognition_tf.data.conversion.convert import convert_recordio
+    from face_recognition_tf.data.records.tfrecord import read_manifest
 
     src = ensure_sample_dataset(cache_dir)
     final = src.with_name(f"{CACHE_NAME}-tfrecord")

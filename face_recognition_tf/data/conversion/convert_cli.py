@@ -41,7 +41,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from face_recognition_tf.data import convert
+    from face_recognition_tf.data.conversion import convert
 
     if args.resize and not args.from_folder:
         raise ConfigError("--resize: only applies with --from-folder (a .rec's images are used as stored)")

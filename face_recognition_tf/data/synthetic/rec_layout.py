@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from face_recognition_tf.data.recordio import IRHeader, RecordIOWriter, pack
+from face_recognition_tf.data.formats.recordio import IRHeader, RecordIOWriter, pack
 
 
 def write_rec_dataset(out_dir, items, *, num_classes=None, image_size=(112, 112), header=True,

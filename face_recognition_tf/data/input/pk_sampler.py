@@ -21,7 +21,7 @@ is read twice and the order is deterministic whenever the input order is.  Costs
 
 from __future__ import annotations
 
-from face_recognition_tf.data.tfrecord import LABEL_KEY
+from face_recognition_tf.data.records.tfrecord import LABEL_KEY
 from face_recognition_tf.errors import ConfigError
 
 _PARSE_CHUNK = 256  # labels are parsed a chunk at a time: one parse op per 256 records, not per record

@@ -12,6 +12,7 @@ A run that fails leaves OUT as it was; one that is interrupted can be resumed (s
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import multiprocessing
@@ -23,12 +24,38 @@ from pathlib import Path
 import numpy as np
 
 from face_recognition_tf.atomic import atomic_file, check_writable_dir, ensure_dir, replace_path, write_json
-from face_recognition_tf.data import tfrecord
-from face_recognition_tf.data.verification_bin import find_bins
+from face_recognition_tf.data.formats.verification_bin import find_bins
+from face_recognition_tf.data.records import tfrecord
 from face_recognition_tf.errors import ConfigError, DatasetError, OutputError
 
 STATE_NAME = ".frtf-convert.json"
 SHARD_TARGET_BYTES = 64 << 20  # default shard size: enough shards to interleave and to balance workers
+
+
+# ---------------------------------------------------------------------------------------------
+# a source's identity: the resume check compares it with the one in the state file
+def fingerprint_files(paths, extra: str = "") -> str:
+    """Cheap identity of a source: sizes, small files in full, the ends of large ones."""
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}\n".encode())
+        with open(p, "rb") as f:
+            if size <= 4 << 20:
+                h.update(f.read())
+            else:
+                h.update(f.read(1 << 16))
+                f.seek(size - (1 << 16))
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def fingerprint_listing(entries, extra: str = "") -> str:
+    """Identity of a folder source: every relative path and size."""
+    h = hashlib.sha256(extra.encode())
+    for rel, size in entries:
+        h.update(f"{rel}:{size}\n".encode())
+    return h.hexdigest()
 
 
 def default_num_shards(total_bytes: int, num_images: int) -> int:

@@ -55,9 +55,9 @@ def staged_dataset(data_dir, upto: str, batch_size: int = 128, *, per_record: bo
     """
     import tensorflow as tf
 
-    from face_recognition_tf.data import augment as augment_lib
-    from face_recognition_tf.data.pipeline import FEATURES, decode_batch, decode_image, normalize_images, shard_files
-    from face_recognition_tf.data.tfrecord import IMAGE_KEY, LABEL_KEY
+    from face_recognition_tf.data.input import augment as augment_lib
+    from face_recognition_tf.data.input.pipeline import FEATURES, decode_batch, decode_image, normalize_images, shard_files
+    from face_recognition_tf.data.records.tfrecord import IMAGE_KEY, LABEL_KEY
 
     files, manifest = shard_files(data_dir)
     size = tuple(manifest["image_size"])
@@ -127,7 +127,7 @@ def run(args) -> int:
         raise ConfigError("--batch-size and --batches must be positive and --warmup >= 0")
     if args.gpu_rate is not None and args.gpu_rate <= 0:
         raise ConfigError(f"--gpu-rate must be positive, got {args.gpu_rate}")
-    from face_recognition_tf.data.pipeline import build_train_dataset, dataset_info
+    from face_recognition_tf.data.input.pipeline import build_train_dataset, dataset_info
 
     info = dataset_info(args.data)  # a one-line error naming the folder when it is not a dataset
     augment = None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from face_recognition_tf.data.convert import _fingerprint_listing, run_conversion
+from face_recognition_tf.data.conversion.shard_writing import fingerprint_listing, run_conversion
 from face_recognition_tf.errors import DatasetError
 from face_recognition_tf.faces.images import (  # the package's one reader
     IMAGE_SUFFIXES,
@@ -101,7 +101,7 @@ def _plan_folder(src_dir: Path, image_size, resize: bool):
         "classes": classes,
         "image_size": list(image_size),
         "total_bytes": int(sum(sizes)),
-        "fingerprint": _fingerprint_listing(list(zip(paths, sizes)), f"folder:{resize}"),
+        "fingerprint": fingerprint_listing(list(zip(paths, sizes)), f"folder:{resize}"),
         "sources": [{"file": f"{len(classes)} identity folders", "images": len(paths)}],
         "source_dir": str(src_dir.resolve()),
         "layout": {"empty_identity_folders": empty},

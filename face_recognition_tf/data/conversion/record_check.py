@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from face_recognition_tf.data.tfrecord import IMAGE_KEY, iter_tfrecord, read_manifest
+from face_recognition_tf.data.records.tfrecord import IMAGE_KEY, iter_tfrecord, read_manifest
 from face_recognition_tf.errors import DatasetError
 
 
@@ -31,7 +31,7 @@ def find_corrupt_records(data_dir, *, limit: int | None = None, progress: bool =
 
     Stops after `limit` findings (None: scan everything).
     """
-    from face_recognition_tf.data.convert import check_jpeg
+    from face_recognition_tf.data.conversion.convert import check_jpeg
 
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)

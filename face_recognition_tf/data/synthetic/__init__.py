@@ -1,0 +1,1 @@
+"""The embedded synthetic sample dataset (`frtf sample`): rendered faces written in insightface's layout."""
