@@ -77,3 +77,11 @@ def readonly_dir(tmp_path):
     finally:
         with contextlib.suppress(Exception):
             subprocess.run(["umount", str(folder)], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The tiny converted sample (8 identities x 8 images, 20 pairs per set) training tests run on."""
+    from tiny import make_tiny_dataset
+
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))

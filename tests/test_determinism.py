@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tiny import make_tiny_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = ["model.width_multiplier=0.125", "model.embedding_size=16", "train.batch_size=16", "head.s=16",
              "head.m=0.2", "train.max_steps=4", "train.schedule.warmup_steps=0", "validation.every_steps=1000",
@@ -19,14 +21,7 @@ OVERRIDES = ["model.width_multiplier=0.125", "model.embedding_size=16", "train.b
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from face_recognition_tf.data.conversion.convert import convert_recordio
-    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
-
-    root = tmp_path_factory.mktemp("determinism")
-    src = make_sample_dataset(root / "src", num_identities=8, images_per_identity=8, pairs_per_set=20,
-                              pair_sets=("lfw",))
-    convert_recordio(src, root / "data", num_shards=3, progress=False)
-    return root / "data"
+    return make_tiny_dataset(tmp_path_factory.mktemp("determinism"), num_shards=3, pair_sets=("lfw",))
 
 
 def _train(data, run):

@@ -10,27 +10,13 @@ from face_recognition_tf.cli import main as frtf
 from face_recognition_tf.errors import FaceRecognitionError
 from face_recognition_tf.export import check_export, export_model, run_exported
 from face_recognition_tf.model_io import load_embedding_model
-
-
-def _tiny_model():
-    try:
-        from face_recognition_tf.models import build_backbone
-    except ImportError:  # models helper not landed yet: a small stand-in with the same contract
-        import keras
-
-        inputs = keras.Input((112, 112, 3))
-        x = keras.layers.Conv2D(8, 3, strides=4, use_bias=False)(inputs)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.PReLU(shared_axes=[1, 2])(x)
-        outputs = keras.layers.Dense(32)(keras.layers.Flatten()(x))
-        return keras.Model(inputs, outputs)
-    return build_backbone("r18", embedding_size=32, width_multiplier=0.25)
+from tiny import tiny_backbone
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "m.keras"
-    _tiny_model().save(path)
+    tiny_backbone().save(path)
     return path
 
 

@@ -15,21 +15,7 @@ from face_recognition_tf.cli import main as frtf
 from face_recognition_tf.errors import DatasetError, FaceRecognitionError
 from face_recognition_tf.faces import Gallery, read_image
 from face_recognition_tf.inference import FaceRecognizer, similarity_from_distance, threshold_from_results
-
-
-def _tiny_model():
-    try:
-        from face_recognition_tf.models import build_backbone
-    except ImportError:  # models helper not landed yet: a small stand-in with the same contract
-        import keras
-
-        inputs = keras.Input((112, 112, 3))
-        x = keras.layers.Conv2D(8, 3, strides=4, use_bias=False)(inputs)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.PReLU(shared_axes=[1, 2])(x)
-        outputs = keras.layers.Dense(32)(keras.layers.Flatten()(x))
-        return keras.Model(inputs, outputs)
-    return build_backbone("r18", embedding_size=32, width_multiplier=0.25)
+from tiny import tiny_backbone
 
 
 def _identity(seed, noise=0.0, photo=0):
@@ -50,7 +36,7 @@ def _save_rgb(path, image):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "m.keras"
-    _tiny_model().save(path)
+    tiny_backbone().save(path)
     return path
 
 

@@ -30,6 +30,7 @@ from face_recognition_tf.errors import CheckpointError
 from face_recognition_tf.training import checkpoints as ck
 from face_recognition_tf.training import trainer as trainer_module
 from face_recognition_tf.training.strategy import StrategyInfo
+from tiny import make_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = ["model.width_multiplier=0.125", "model.embedding_size=16", "train.batch_size=4", "head.s=16",
@@ -43,12 +44,8 @@ DIGEST = re.compile(r"weights sha256 ([0-9a-f]{16})")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """8 identities x 8 images in two shard files: each worker's input pipeline reads its own file."""
-    from face_recognition_tf.data.conversion.convert import convert_recordio
-    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
-
     root = tmp_path_factory.mktemp("tiny")
-    src = make_sample_dataset(root / "src", num_identities=8, images_per_identity=8, pairs_per_set=20)
-    convert_recordio(src, root / "data", progress=False)
+    make_tiny_dataset(root)
     assert len(json.loads((root / "data" / "manifest.json").read_text())["shards"]) == 2
     return root / "data"
 

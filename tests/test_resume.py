@@ -29,17 +29,6 @@ OVERRIDES = ["model.width_multiplier=0.125", "model.embedding_size=16", "train.b
              "checkpoint.every_steps=2", "checkpoint.keep=3", "log.every_steps=1", "validation.every_steps=1000"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from face_recognition_tf.data.conversion.convert import convert_recordio
-    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
-
-    root = tmp_path_factory.mktemp("tiny")
-    src = make_sample_dataset(root / "src", num_identities=8, images_per_identity=8, pairs_per_set=20)
-    convert_recordio(src, root / "data", progress=False)
-    return root / "data"
-
-
 def _command(data, run, *extra):
     return [sys.executable, "-m", "face_recognition_tf", "train", "--config", "quickstart", "--data", str(data),
             "--out", str(run), "--no-progress", *extra, *OVERRIDES]

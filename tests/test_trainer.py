@@ -22,17 +22,6 @@ SMALL = ["model.width_multiplier=0.125", "model.embedding_size=16", "train.batch
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from face_recognition_tf.data.conversion.convert import convert_recordio
-    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
-
-    root = tmp_path_factory.mktemp("tiny")
-    src = make_sample_dataset(root / "src", num_identities=8, images_per_identity=8, pairs_per_set=20)
-    convert_recordio(src, root / "data", progress=False)
-    return root / "data"
-
-
-@pytest.fixture(scope="module")
 def trained_run(data, tmp_path_factory):
     """12 updates, SGD with a heavy L2 term so the reg coefficient has to decay."""
     run = tmp_path_factory.mktemp("runs") / "run"

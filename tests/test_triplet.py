@@ -175,17 +175,6 @@ def test_mirrored_replicas_equal_accumulated_micro_batches(tiny_r18):
     np.testing.assert_allclose(mirrored, accumulated, rtol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from face_recognition_tf.data.conversion.convert import convert_recordio
-    from face_recognition_tf.data.synthetic.sample import make_sample_dataset
-
-    root = tmp_path_factory.mktemp("tiny_triplet")
-    src = make_sample_dataset(root / "src", num_identities=8, images_per_identity=8, pairs_per_set=20)
-    convert_recordio(src, root / "data", progress=False)
-    return root / "data"
-
-
 def test_triplet_run_checkpoints_resumes_and_validates(data, tmp_path, tiny_r18):
     from face_recognition_tf.config import load_config
     from face_recognition_tf.training import checkpoints as ck
