@@ -2,7 +2,7 @@
 
 `torch.load` unpickles, and a pickle can run any code while loading; these files come from the
 internet.  Importing torch just to read weights would also make it a dependency of the package.  So,
-as for the pair-set `.bin` loader (`data/verification_bin.py`), the unpickler here refuses every global
+as for the pair-set `.bin` loader (`data/formats/verification_bin.py`), the unpickler here refuses every global
 outside a short allow-list *before* calling it, and maps the few it allows (tensor rebuilds, storage
 types, `torch.Size`, ...) to functions of ours that only build markers; the storage bytes are then read
 with numpy.  Three layouts exist: the zip archive (torch >= 1.6), the legacy stream of consecutive
