@@ -129,8 +129,9 @@ class RunFolder:
         """The checkpoints the run keeps, as prefixes RUN/checkpoints/ckpt-N, in step order
         (oldest first, or newest first for a resume, which walks back from the newest).
 
-        Only checkpoints listed in the manager's state file count: TensorFlow lists a checkpoint once
-        it is completely written, so one a killed process left half-saved is never picked up.  The
+        Only checkpoints listed in the manager's state file count (and whose index is still there):
+        TensorFlow lists a checkpoint once it is completely written, so one a killed process left
+        half-saved is never picked up.  Without a state file, every `ckpt-N` with an index counts.  The
         state file names them relative to its folder (older TF versions wrote absolute paths); only
         the file name of each entry is used, joined onto the folder where the state file is now, so
         relative run folders work, and so does a run folder moved after training.
@@ -139,7 +140,10 @@ class RunFolder:
         try:
             text = (folder / CHECKPOINT_STATE).read_text()
         except (FileNotFoundError, NotADirectoryError):
-            return []
+            # no state file (a folder copied without it, or written by other code): every checkpoint
+            # whose index is on disk; TensorFlow writes the index last, after the data files
+            found = sorted({p.with_suffix("") for p in folder.glob("ckpt-*.index")}, key=_step_key)
+            return found[::-1] if newest_first else found
         entries: dict[str, list[str]] = {"all_model_checkpoint_paths": [], "model_checkpoint_path": []}
         for line in text.splitlines():
             match = _STATE_LINE.match(line)
@@ -147,6 +151,7 @@ class RunFolder:
                 entries[match.group(1)].append(match.group(2))
         listed = entries["all_model_checkpoint_paths"] or entries["model_checkpoint_path"][:1]
         prefixes = sorted({folder / Path(p).name for p in listed if p}, key=_step_key)
+        prefixes = [p for p in prefixes if p.with_name(p.name + ".index").is_file()]  # listed, then deleted
         return prefixes[::-1] if newest_first else prefixes
 
     def has_checkpoint(self) -> bool:
