@@ -112,13 +112,34 @@ def atomic_file(path, mode: str = "wb", *, durable: bool = False):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OutputError(describe_os_error(path, exc)) from None
-    try:
+    with _renamed_onto(tmp, path):
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
             yield handle
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path` with the same suffix, for writers that want a file name
+    rather than a handle (Keras `model.save` picks the format from `.keras`); on success it replaces
+    `path` atomically with the umask's mode, on any exception it is removed and `path` left as it was.
+    """
+    path = make_parent(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    with _renamed_onto(tmp, path):
+        yield tmp
+        os.chmod(tmp, file_mode())
+
+
+@contextlib.contextmanager
+def _renamed_onto(tmp, path: Path):
+    """Run the block that fills the temporary file `tmp`, then rename it onto `path`; on any
+    failure `tmp` is removed (and an OSError becomes one line naming `path`)."""
+    try:
+        yield
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -22,11 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from face_recognition_tf.errors import CheckpointError
+from face_recognition_tf.run_folder import BEST_DIR, CHECKPOINT_DIR, FINAL_MODEL, RunFolder
 
-CHECKPOINT_DIR = "checkpoints"
-BACKBONE_SPEC = "backbone.json"
-FINAL_MODEL = "embedding.keras"
-_CKPT_RE = re.compile(r"^ckpt-(\d+)\.index$")
 
 
 DEFAULT_IMAGE_SIZE = 112  # the ArcFace crop, for a model that does not state its input shape
@@ -56,22 +53,6 @@ def embedding_output(outputs):
     raise CheckpointError(f"the model returns {sorted(outputs)}; expected one embedding output")
 
 
-def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and (path / BACKBONE_SPEC).is_file()
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoint prefixes (`RUN/checkpoints/ckpt-N`) of a run, oldest step first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    found = []
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            match = _CKPT_RE.match(entry.name)
-            if match:
-                found.append((int(match.group(1)), folder / entry.name[: -len(".index")]))
-    return [prefix for _, prefix in sorted(found)]
-
-
 def expand_model_paths(paths: list[str]) -> list[str]:
     """Expand globs and run folders into the individual models to evaluate, in a stable order.
 
@@ -89,11 +70,11 @@ def expand_model_paths(paths: list[str]) -> list[str]:
                 path = Path(item[: -len(".index")])
             elif re.search(r"\.data-\d+-of-\d+$", item):
                 continue
-            if is_run_folder(path):
-                checkpoints = list_checkpoints(path)
+            if RunFolder.is_run_folder(path):
+                checkpoints = RunFolder(path).checkpoints(newest_first=False)
                 if checkpoints:
                     expanded.extend(str(c) for c in checkpoints)
-                elif (path / FINAL_MODEL).is_file():  # an imported model folder, or a run's final model
+                elif RunFolder(path).final_model.is_file():  # an imported model folder, or a run's final model
                     expanded.append(str(path))
                 else:
                     raise CheckpointError(f"{path}: run folder holds no checkpoint in {CHECKPOINT_DIR}/")
@@ -116,10 +97,10 @@ def _natural_key(path: str):
 def describe(path: str | Path) -> str:
     """A short display name: `run/ckpt-1200`, `run/best`, `model.keras`."""
     path = Path(path)
-    if path.parent.name == CHECKPOINT_DIR:
+    if RunFolder.is_checkpoint_prefix(path):
         return f"{path.parent.parent.name}/{path.name}"
-    if path.name == "embedding.keras" and path.parent.name:
-        return f"{path.parent.name}/{path.stem}" if path.parent.name != "best" else f"{path.parent.parent.name}/best"
+    if path.name == FINAL_MODEL and path.parent.name:
+        return f"{path.parent.name}/{path.stem}" if path.parent.name != BEST_DIR else f"{path.parent.parent.name}/best"
     return path.name
 
 
@@ -130,11 +111,11 @@ def load_embedding_model(path: str | Path):
     maps normalised `(B, 112, 112, 3)` float32 images to `(B, D)` embeddings.
     """
     path = Path(path)
-    if is_run_folder(path):
-        checkpoints = list_checkpoints(path)
+    if RunFolder.is_run_folder(path):
+        checkpoints = RunFolder(path).checkpoints(newest_first=True)
         if checkpoints:
-            return _load_checkpoint(checkpoints[-1])
-        final = path / FINAL_MODEL
+            return _load_checkpoint(checkpoints[0])
+        final = RunFolder(path).final_model
         if final.is_file():
             return _load_keras_file(final)
         raise CheckpointError(f"{path}: run folder holds neither checkpoints nor embedding.keras")
@@ -192,7 +173,7 @@ class _SavedModelEmbedder:
 
 
 def read_backbone_spec(run_dir: Path) -> dict:
-    spec_path = run_dir / BACKBONE_SPEC
+    spec_path = RunFolder(run_dir).backbone_spec
     try:
         spec = json.loads(spec_path.read_text())
     except FileNotFoundError:
@@ -220,36 +201,46 @@ def _load_checkpoint(prefix: Path):
     A restore that fails half-way (a shape mismatch raises in the middle) leaves TensorFlow's restore
     coordinator without `expect_partial`; when it is garbage collected it logs one "Value in checkpoint
     could not be found" warning per unrestored value (hundreds for a ResNet), burying the one-line
-    error.  So on failure the error is only built inside the `except`, the model, checkpoint and
-    exception (whose traceback holds the coordinator) are dropped and collected with TensorFlow's
+    error.  So on failure the model and checkpoint are dropped and collected with TensorFlow's
     warnings muted, and only then is the error raised, with no chained traceback keeping them alive.
     """
     import tensorflow as tf
 
-    run_dir = prefix.parent.parent if prefix.parent.name == CHECKPOINT_DIR else prefix.parent
-    model = build_backbone_from_spec(read_backbone_spec(run_dir))
+    run = RunFolder.of_checkpoint(prefix)
+    model = build_backbone_from_spec(read_backbone_spec(run.path))
     checkpoint = tf.train.Checkpoint(backbone=model)
-    failure = None
-    try:
-        status = checkpoint.restore(str(prefix))
-        status.expect_partial()
-        status.assert_existing_objects_matched()
-    except (tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
-        failure = CheckpointError(f"{prefix}: checkpoint unreadable ({exc.message.splitlines()[0]})")
-    except AssertionError as exc:
-        failure = CheckpointError(
-            f"{prefix}: checkpoint does not match the architecture in {run_dir / BACKBONE_SPEC} ({exc})"
-        )
-    except ValueError as exc:  # shape mismatch between checkpoint and rebuilt model
-        failure = CheckpointError(f"{prefix}: checkpoint does not fit the architecture in "
-                                  f"{run_dir / BACKBONE_SPEC} ({_first_line(exc)})")
+    failure = restore_checkpoint(checkpoint, prefix, fits=f"the architecture in {run.backbone_spec}", partial=True)
     if failure is None:
         return model
     with _tensorflow_warnings_muted():
         del model, checkpoint
-        status = None  # noqa: F841  (may hold the coordinator)
         gc.collect()
     raise failure
+
+
+def restore_checkpoint(checkpoint, prefix, *, fits: str, partial: bool = False) -> CheckpointError | None:
+    """Restore the checkpoint `prefix` into `checkpoint` (a tf.train.Checkpoint); None when it worked,
+    else the one-line CheckpointError saying why: unreadable, or not fitting `fits` (what the objects
+    were built from).  `partial`: the checkpoint may hold more than these objects (a training
+    checkpoint restored into a backbone alone).
+
+    The error is returned, not raised, and is built inside the `except` without the exception it
+    translates: a caller can drop its half-restored objects (and the restore coordinator the
+    traceback would keep alive) before raising it.  The one restore-and-translate of checkpoints:
+    model loading and resuming a run both use it.
+    """
+    import tensorflow as tf
+
+    try:
+        status = checkpoint.restore(str(prefix))
+        if partial:
+            status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
+        return CheckpointError(f"{prefix}: checkpoint unreadable ({_first_line(exc)})")
+    except (ValueError, AssertionError) as exc:  # shape mismatch, or objects the checkpoint lacks
+        return CheckpointError(f"{prefix}: checkpoint does not fit {fits} ({_first_line(exc)})")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from face_recognition_tf.config import load_config
 from face_recognition_tf.errors import ConfigError
-from face_recognition_tf.training.effective import EFFECTIVE_FILE, describe_settings, effective_settings
+from face_recognition_tf.run_folder import EFFECTIVE as EFFECTIVE_FILE
+from face_recognition_tf.training.effective import describe_settings, effective_settings
 from face_recognition_tf.training.model_args import backbone_kwargs
 from face_recognition_tf.training.optim import CoupledDecaySGD, build_optimizer, clip_by_global_norm
 from face_recognition_tf.training.strategy import make_strategy

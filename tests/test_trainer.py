@@ -53,7 +53,8 @@ def test_loss_falls_and_coefficient_decays(trained_run):
 
 
 def test_run_folder_layout(trained_run, data):
-    from face_recognition_tf.model_io import list_checkpoints, load_embedding_model
+    from face_recognition_tf.model_io import load_embedding_model
+    from face_recognition_tf.run_folder import list_checkpoints
 
     run, summary = trained_run
     cfg = load_config(run / "config.yaml")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from face_recognition_tf import model_io
+from face_recognition_tf.run_folder import RunFolder
 
 # backbone.json keys worth showing beside the architecture name, with the value that goes unsaid
 _ARCH_OPTIONS = {"normalization": "batch", "width_multiplier": 1.0, "blocks": None, "scale": None,
@@ -22,20 +23,20 @@ def _spec_folder(path: Path) -> Path | None:
     """The folder whose backbone.json describes MODEL: the model folder itself, the run of a
     checkpoint (RUN/checkpoints/ckpt-N) or of a .keras file (RUN/embedding.keras, RUN/best/...)."""
     candidates = [path] if path.is_dir() else []
-    if path.parent.name == model_io.CHECKPOINT_DIR:
-        candidates.append(path.parent.parent)
+    if RunFolder.is_checkpoint_prefix(path):
+        candidates.append(RunFolder.of_checkpoint(path).path)
     if path.suffix == ".keras":
         candidates += [path.parent, path.parent.parent]
-    return next((c for c in candidates if model_io.is_run_folder(c)), None)
+    return next((c for c in candidates if RunFolder.is_run_folder(c)), None)
 
 
 def loaded_weights(path: Path) -> str:
     """The file whose weights are in use: a run folder loads its latest checkpoint."""
-    if model_io.is_run_folder(path):
-        checkpoints = model_io.list_checkpoints(path)
+    if RunFolder.is_run_folder(path):
+        checkpoints = RunFolder(path).checkpoints(newest_first=True)
         if checkpoints:
-            return f"{checkpoints[-1]} (latest of {len(checkpoints)} checkpoint(s))"
-        return str(path / model_io.FINAL_MODEL)
+            return f"{checkpoints[0]} (latest of {len(checkpoints)} checkpoint(s))"
+        return str(RunFolder(path).final_model)
     return str(path)
 
 
@@ -71,8 +72,8 @@ def source(folder: Path | None, path: Path) -> str:
         if parity.get("max_abs_diff") is not None:
             text += f"; matches {parity.get('reference')} to {parity['max_abs_diff']:.1e}"
         return text
-    if folder is not None and (folder / "config.yaml").is_file():
-        return f"trained with `frtf train` (config: {folder / 'config.yaml'})"
+    if folder is not None and RunFolder(folder).config.is_file():
+        return f"trained with `frtf train` (config: {RunFolder(folder).config})"
     if (path / "saved_model.pb").is_file():
         return "a SavedModel export"
     return "a model file (no record of where it came from)"

@@ -27,8 +27,8 @@ import numpy as np
 
 from face_recognition_tf.data.records.tfrecord import file_sha256
 from face_recognition_tf.errors import CheckpointError, ConfigError, DatasetError
+from face_recognition_tf.run_folder import RunFolder
 
-THRESHOLD_FILE = "threshold.json"
 FORMAT_VERSION = 1
 DEFAULT_FAR = 1e-3
 
@@ -119,12 +119,10 @@ def model_fingerprint(model) -> tuple[str, str] | None:
     A run folder resolves to its latest checkpoint (whose `.index` holds every tensor's checksum, so it
     changes with the weights), an imported or final model folder to `embedding.keras`.
     """
-    from face_recognition_tf import model_io
-
     path = Path(model)
-    if model_io.is_run_folder(path):
-        checkpoints = model_io.list_checkpoints(path)
-        target = Path(str(checkpoints[-1]) + ".index") if checkpoints else path / model_io.FINAL_MODEL
+    if RunFolder.is_run_folder(path):
+        checkpoints = RunFolder(path).checkpoints(newest_first=True)
+        target = Path(str(checkpoints[0]) + ".index") if checkpoints else RunFolder(path).final_model
     elif path.suffix == ".keras":
         target = path
     elif path.is_dir() and (path / "saved_model.pb").is_file():
@@ -140,21 +138,19 @@ def model_fingerprint(model) -> tuple[str, str] | None:
 
 def default_threshold_path(model) -> Path | None:
     """Where calibration is stored for MODEL by default: MODEL/threshold.json for a model folder."""
-    from face_recognition_tf import model_io
-
     path = Path(model)
-    return path / THRESHOLD_FILE if model_io.is_run_folder(path) else None
+    return RunFolder(path).threshold if RunFolder.is_run_folder(path) else None
 
 
 def _candidate_paths(model) -> list[Path]:
     path = Path(model)
     found = []
     if path.is_dir():
-        found.append(path / THRESHOLD_FILE)
+        found.append(RunFolder(path).threshold)
     elif path.suffix == ".keras":
-        found.append(path.parent / THRESHOLD_FILE)
-    elif path.parent.name == "checkpoints":  # RUN/checkpoints/ckpt-N: the run's calibration, if it is for N
-        found.append(path.parent.parent / THRESHOLD_FILE)
+        found.append(RunFolder(path.parent).threshold)
+    elif RunFolder.is_checkpoint_prefix(path):  # RUN/checkpoints/ckpt-N: the run's calibration, if it is for N
+        found.append(RunFolder.of_checkpoint(path).threshold)
     return [p for p in found if p.is_file()]
 
 

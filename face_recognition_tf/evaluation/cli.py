@@ -14,6 +14,7 @@ from pathlib import Path
 
 from face_recognition_tf.atomic import check_writable_dir
 from face_recognition_tf.errors import CheckpointError, ConfigError, DatasetError
+from face_recognition_tf.run_folder import RunFolder
 
 DEFAULT_OUT = "evaluation_results"
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     say = _say if progress else _silent
     checkpoints = model_io.expand_model_paths(args.models)
     bins, data_dir = _pair_set_files(args.data, targets)
-    out_dir = Path(args.out) if args.out else _default_out(args.models, model_io)
+    out_dir = Path(args.out) if args.out else _default_out(args.models)
     check_writable_dir(out_dir)  # a read-only --out fails now, not after every checkpoint was scored
     flip = not args.no_flip
 
@@ -119,11 +120,11 @@ def _pair_set_files(data: str | None, targets: list[str] | None):
     return bins, folder
 
 
-def _default_out(models: list[str], model_io) -> Path:
+def _default_out(models: list[str]) -> Path:
     runs = {Path(m).resolve() for m in models}
     if len(runs) == 1:
         (only,) = runs
-        if model_io.is_run_folder(only):
+        if RunFolder.is_run_folder(only):
             return only / "evaluation"
     return Path(DEFAULT_OUT)
 

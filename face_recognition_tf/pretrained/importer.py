@@ -20,8 +20,8 @@ import numpy as np
 from face_recognition_tf import atomic
 from face_recognition_tf.data.records.tfrecord import file_sha256
 from face_recognition_tf.errors import PretrainedModelError
-from face_recognition_tf.model_io import BACKBONE_SPEC, FINAL_MODEL
 from face_recognition_tf.models import input_normalization as norm
+from face_recognition_tf.run_folder import RunFolder
 
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH = 4
@@ -208,8 +208,9 @@ def import_model(src, out, *, input_mean=None, input_std=None, name=None, embedd
     }
     work = atomic.temporary_dir_beside(out)
     try:
-        model.save(work / FINAL_MODEL)
-        atomic.write_json(work / BACKBONE_SPEC, spec)
+        folder = RunFolder(work)  # a model folder: the run folder's names, so every command reads it
+        model.save(folder.final_model)
+        atomic.write_json(folder.backbone_spec, spec)
         atomic.write_json(work / INFO_FILE, report)
         atomic.replace_path(work, out, overwrite=False)
     except BaseException:

@@ -17,7 +17,6 @@ is complete, and rebuilds each of this process's shards from the rows of the sav
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -72,22 +71,22 @@ class CentreCheckpoint:
                 shutil.rmtree(stale, ignore_errors=True)
         for shard in self.pfc.shards.values():
             final = folder / _shard_name(shard.index, self.pfc.num_shards)
-            tmp = folder / f".{final.name}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
             arrays = {name: var.numpy() for name, var in shard.variables().items()}
             if not all(np.isfinite(a).all() for a in arrays.values()):
-                shutil.rmtree(tmp, ignore_errors=True)
                 raise CheckpointError(f"step {step}: the class centres of shard {shard.index} are no longer finite; "
                                       "not saved (lower train.lr or set train.clip_norm)")
-            for name, value in arrays.items():
-                np.save(tmp / f"{name}.npy", value)
             meta = {"num_classes": self.pfc.num_classes, "embedding_size": self.pfc.embedding_size,
                     "num_shards": self.pfc.num_shards, "index": shard.index, "start": shard.start,
                     "end": shard.end, "arrays": sorted(arrays)}
-            atomic.write_json(tmp / META, meta)
-            shutil.rmtree(final, ignore_errors=True)  # left by a run killed after this point
-            os.replace(tmp, final)
+            tmp = atomic.temporary_dir_beside(final)
+            try:
+                for name, value in arrays.items():
+                    np.save(tmp / f"{name}.npy", value)
+                atomic.write_json(tmp / META, meta)
+                atomic.replace_path(tmp, final)  # an old `final` (a run killed after this point) goes afterwards
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         if self.info.name == "multi_worker" and self.info.num_workers > 1:
             # every worker's shards are on disk before the chief lists ckpt-N
             from face_recognition_tf.training.strategy import gather_from_workers

@@ -1,15 +1,8 @@
-"""The run folder: resolved config, architecture, checkpoints, best and final embedding models.
+"""Checkpoints of a training run: saving, restoring, resuming; the run's history and spec files.
 
-Layout (read by `face_recognition_tf.model_io` and `frtf evaluate`):
-
-    RUN/config.yaml          resolved config (num_classes filled from the manifest)
-    RUN/backbone.json        exact build_backbone kwargs: rebuild the embedding model without configs
-    RUN/checkpoints/ckpt-N   tf.train.CheckpointManager; objects: backbone, head, optimizer, step,
-                             reg_coef, epoch, epoch_step (data position), images_seen
-    RUN/best/embedding.keras + best.json   best mean validation accuracy so far
-    RUN/embedding.keras      final embedding model
-    RUN/logs/                TensorBoard
-    RUN/history.jsonl        one JSON line per log / validation event
+The run folder's layout (which file is where) belongs to `face_recognition_tf.run_folder.RunFolder`;
+this module writes into it.  A checkpoint RUN/checkpoints/ckpt-N holds backbone, head, optimizer,
+step, reg_coef, epoch, epoch_step (data position) and images_seen.
 
 Checkpoints are written by TensorFlow under temporary names and only then listed in the manager's
 state file, so a process killed mid-save leaves the previous checkpoint intact; restoring walks back
@@ -25,41 +18,26 @@ restore skips checkpoints whose companion part is incomplete, and parts of unlis
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from face_recognition_tf import atomic
-from face_recognition_tf.errors import CheckpointError, ConfigError, OutputError
+from face_recognition_tf.errors import CheckpointError, ConfigError
+from face_recognition_tf.run_folder import CHECKPOINT_DIR, HISTORY, RunFolder, checkpoint_step
 
-CONFIG_FILE = "config.yaml"
-BACKBONE_SPEC = "backbone.json"
-CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "best"
-FINAL_MODEL = "embedding.keras"
-HISTORY = "history.jsonl"
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    atomic.write_json(path, obj)
+__all__ = ["CHECKPOINT_DIR", "HISTORY", "CheckpointStore", "append_history", "check_resume_compatible",
+           "checkpoint_paths", "has_checkpoint", "rewind_history", "save_keras_atomic"]
 
 
 def save_keras_atomic(model, path: Path) -> None:
     """Save a Keras model under a temporary `.keras` name, then rename (readers never see half a file)."""
-    path = atomic.make_parent(path)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    try:
+    with atomic.atomic_path(path) as tmp:
         model.save(tmp)
-        os.chmod(tmp, atomic.file_mode())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(atomic.describe_os_error(path, exc)) from None
 
 
 def append_history(run_dir: Path, record: dict) -> None:
-    with open(Path(run_dir) / HISTORY, "a") as handle:
+    with open(RunFolder(run_dir).history, "a") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -69,7 +47,7 @@ def rewind_history(run_dir: Path, step: int) -> int:
     A run killed after its last checkpoint logged steps it will redo when resumed, and a kill can
     cut the last line short: both go, so every step appears once and each line is whole JSON.
     """
-    path = Path(run_dir) / HISTORY
+    path = RunFolder(run_dir).history
     if not path.is_file():
         return 0
     kept, dropped = [], 0
@@ -89,32 +67,18 @@ def rewind_history(run_dir: Path, step: int) -> int:
 
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """Listed checkpoint prefixes, newest first.
-
-    The state file names checkpoints relative to its folder (older TF versions wrote absolute
-    paths), and `tf.train.get_checkpoint_state` joins them onto the folder as given, so a relative
-    run folder came back as `runs/x/checkpoints/ckpt-5` and joining again doubled it.  Only the file
-    name of each entry is used, joined onto the folder where the state file is now: relative
-    folders work, and so does a run folder moved after training.
-    """
-    import tensorflow as tf
-
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    state = tf.train.get_checkpoint_state(str(folder)) if folder.is_dir() else None
-    if state is None:
-        return []
-    listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-    return [folder / Path(p).name for p in reversed(listed) if p]
+    """Listed checkpoint prefixes, newest first (the order a resume tries them)."""
+    return RunFolder(run_dir).checkpoints(newest_first=True)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return bool(checkpoint_paths(run_dir))
+    return RunFolder(run_dir).has_checkpoint()
 
 
 def check_resume_compatible(run_dir: Path, backbone_spec: dict, head_spec: dict) -> None:
     """Refuse, before training, to resume a run with another architecture or class count."""
-    run_dir = Path(run_dir)
-    spec_path = run_dir / BACKBONE_SPEC
+    run = RunFolder(run_dir)
+    spec_path = run.backbone_spec
     if spec_path.is_file():
         try:
             saved = json.loads(spec_path.read_text())
@@ -124,7 +88,7 @@ def check_resume_compatible(run_dir: Path, backbone_spec: dict, head_spec: dict)
         if diffs:
             detail = "; ".join(f"{k}: run has {saved.get(k)!r}, config asks {backbone_spec.get(k)!r}" for k in diffs)
             raise CheckpointError(f"{spec_path}: the checkpoints in this run belong to another architecture ({detail})")
-    head_path = run_dir / "head.json"
+    head_path = run.head_spec
     if head_path.is_file():
         saved = json.loads(head_path.read_text())
         if saved.get("num_classes") != head_spec.get("num_classes"):
@@ -139,10 +103,6 @@ def check_resume_compatible(run_dir: Path, backbone_spec: dict, head_spec: dict)
             )
 
 
-def _step_of(prefix: Path) -> int:
-    return int(Path(prefix).name.rsplit("-", 1)[-1])
-
-
 class CheckpointStore:
     """CheckpointManager of a run, with a private temporary folder for non-chief workers."""
 
@@ -154,7 +114,7 @@ class CheckpointStore:
         self.run_dir = Path(run_dir)
         self.checkpoint = checkpoint
         self.is_chief = is_chief
-        self.directory = self.run_dir / CHECKPOINT_DIR
+        self.directory = RunFolder(self.run_dir).checkpoint_dir
         if is_chief:
             save_dir = self.directory
         else:
@@ -169,7 +129,7 @@ class CheckpointStore:
             self.companion.save(self.directory, int(step))
         path = self.manager.save(checkpoint_number=int(step))
         if self.companion is not None and self.is_chief:
-            self.companion.cleanup(self.directory, [_step_of(p) for p in checkpoint_paths(self.run_dir)])
+            self.companion.cleanup(self.directory, [checkpoint_step(p) for p in checkpoint_paths(self.run_dir)])
         if not self.is_chief:
             shutil.rmtree(self._save_dir, ignore_errors=True)
             self._save_dir.mkdir(parents=True, exist_ok=True)
@@ -189,30 +149,24 @@ class CheckpointStore:
             except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as exc:
                 errors.append(f"{prefix.name}: {str(exc).splitlines()[0]}")
                 continue
-            if self.companion is not None and not self.companion.complete(self.directory, _step_of(prefix)):
+            if self.companion is not None and not self.companion.complete(self.directory, checkpoint_step(prefix)):
                 errors.append(f"{prefix.name}: its class-centre shards are incomplete")
                 continue
             self._restore(prefix)
             if self.companion is not None:
-                self.companion.restore(self.directory, _step_of(prefix))
+                self.companion.restore(self.directory, checkpoint_step(prefix))
             return prefix
         if errors:
             raise CheckpointError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
         return None
 
     def _restore(self, prefix: Path) -> None:
-        import tensorflow as tf
+        from face_recognition_tf.model_io import restore_checkpoint
 
-        try:
-            status = self.checkpoint.restore(str(prefix))
-            status.assert_existing_objects_matched()
-        except (ValueError, AssertionError) as exc:
-            raise CheckpointError(
-                f"{prefix}: checkpoint does not fit the model built from the config "
-                f"(another architecture or class count?): {str(exc).splitlines()[0]}"
-            ) from None
-        except (tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
-            raise CheckpointError(f"{prefix}: checkpoint unreadable ({str(exc).splitlines()[0]})") from None
+        failure = restore_checkpoint(self.checkpoint, prefix,
+                                     fits="the model built from the config (another architecture or class count?)")
+        if failure is not None:
+            raise failure
 
     def cleanup(self) -> None:
         if not self.is_chief:

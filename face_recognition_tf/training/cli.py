@@ -44,13 +44,14 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 def resolve_config(args) -> tuple:
     """(config, run folder) from --config/--out, falling back on a resumable run's own config.yaml."""
     from face_recognition_tf.config import load_config
+    from face_recognition_tf.run_folder import RunFolder
 
     overrides = list(args.overrides or [])
     out = Path(args.out) if args.out else None
     if args.config:
         cfg = load_config(args.config, overrides)
-    elif out is not None and (out / "config.yaml").is_file():
-        cfg = load_config(out / "config.yaml", overrides)
+    elif out is not None and RunFolder(out).config.is_file():
+        cfg = load_config(RunFolder(out).config, overrides)
     else:
         cfg = load_config("quickstart", overrides)
     if out is None:

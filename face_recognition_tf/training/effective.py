@@ -25,9 +25,6 @@ from face_recognition_tf.models.input_normalization import (
 )
 from face_recognition_tf.training.optim import decays, inner_optimizer
 
-EFFECTIVE_FILE = "effective.json"
-
-
 def _lr(step) -> dict:
     t = step.cfg.train
     total = int(t.max_steps)

@@ -31,11 +31,12 @@ TRAINING_KEYS = ("dropout", "weight_decay", "bn_momentum", "renorm_momentum")
 def init_spec(init: str) -> dict | None:
     """The ``backbone.json`` of the model fine-tuning starts from (a run folder, one of its checkpoints,
     or a folder written by ``frtf import``), or None for a bare ``.keras`` file."""
-    from face_recognition_tf.model_io import BACKBONE_SPEC, CHECKPOINT_DIR, read_backbone_spec
+    from face_recognition_tf.model_io import read_backbone_spec
+    from face_recognition_tf.run_folder import RunFolder
 
     path = Path(init)
-    for folder in (path, path.parent.parent if path.parent.name == CHECKPOINT_DIR else None):
-        if folder is not None and (folder / BACKBONE_SPEC).is_file():
+    for folder in (path, RunFolder.of_checkpoint(path).path if RunFolder.is_checkpoint_prefix(path) else None):
+        if folder is not None and RunFolder.is_run_folder(folder):
             return read_backbone_spec(folder)
     return None
 
@@ -232,15 +233,14 @@ class EarlyStopping:
         """None when `train.early_stopping.patience` is null; a resumed run replays its history (the
         validations up to step `up_to`, where it resumes), so it stops where an uninterrupted run would."""
         import json
-        from pathlib import Path
 
-        from face_recognition_tf.training import checkpoints as ck
+        from face_recognition_tf.run_folder import RunFolder
 
         es = cfg.train.early_stopping
         if es.patience is None:
             return None
         stopper = cls(es.patience, es.min_delta, run_dir)
-        path = Path(run_dir) / ck.HISTORY
+        path = RunFolder(run_dir).history
         for line in path.read_text().splitlines() if path.is_file() else []:
             try:
                 record = json.loads(line)

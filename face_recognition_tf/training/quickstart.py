@@ -53,9 +53,9 @@ def run(args) -> int:
     info = make_strategy("default")  # before any other TensorFlow work
 
     from face_recognition_tf.data import find_bins, load_bin
+    from face_recognition_tf import atomic
     from face_recognition_tf.data.conversion.convert import convert_recordio
     from face_recognition_tf.data.synthetic.sample import ensure_sample_dataset
-    from face_recognition_tf.training.checkpoints import write_json_atomic
     from face_recognition_tf.training.trainer import Trainer
     from face_recognition_tf.training.validation import Validator
 
@@ -100,7 +100,7 @@ def run(args) -> int:
         "backbone": trainer.cfg.model.backbone, "run_dir": str(out / "run"), "data_dir": str(out / "data"),
         "num_classes": int(trainer.cfg.data.num_classes),
     }
-    write_json_atomic(out / "quickstart.json", report)
+    atomic.write_json(out / "quickstart.json", report)
     print(f"\n{'pair set':<12}{'untrained':>11}{'trained':>10}")
     for name in before:
         print(f"{name:<12}{before[name]:>11.4f}{after[name]:>10.4f}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from face_recognition_tf.run_folder import RunFolder
 from face_recognition_tf.training import checkpoints as ck
 
 
@@ -31,7 +32,7 @@ class RunLog:
         self.global_batch = global_batch
         self.first_step = first_step
         self.stop_step = stop_step
-        self.writer = tf.summary.create_file_writer(str(run_dir / "logs")) if is_chief else tf.summary.create_noop_writer()
+        self.writer = tf.summary.create_file_writer(str(RunFolder(run_dir).logs)) if is_chief else tf.summary.create_noop_writer()
         self.bar = None
         if progress and is_chief:
             from tqdm import tqdm

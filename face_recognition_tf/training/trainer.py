@@ -25,8 +25,10 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
+from face_recognition_tf import atomic
 from face_recognition_tf.config import save_config
 from face_recognition_tf.errors import CheckpointError, ConfigError, DatasetError, FaceRecognitionError
+from face_recognition_tf.run_folder import RunFolder, checkpoint_step
 from face_recognition_tf.training import checkpoints as ck
 from face_recognition_tf.training.finetune import unfreeze_if_due
 from face_recognition_tf.training.model_args import backbone_kwargs, head_kwargs
@@ -115,6 +117,7 @@ class Trainer:
         self.info = info
         self.data_dir = Path(data_dir)
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)  # what the run folder holds, and where
         self.stop_step = min(int(max_steps), int(cfg.train.max_steps)) if max_steps else int(cfg.train.max_steps)
         self.resume = resume
         self.progress = cfg.log.progress if progress is None else progress
@@ -163,7 +166,7 @@ class Trainer:
     def _check_run_folder(self) -> bool:
         """Whether the run folder holds a checkpoint to resume, once the resume mode allows what is
         there, every worker sees the same checkpoint and its backbone.json / head.json match this run."""
-        existing = ck.has_checkpoint(self.run_dir)
+        existing = self.folder.has_checkpoint()
         # a run folder this run creates is removed again if the data fails before the first checkpoint
         self._new_folder = not self.run_dir.exists()
         if self.info.name == "multi_worker":
@@ -208,7 +211,7 @@ class Trainer:
             self.data_dir, cfg.validation.sets, batch_size=cfg.validation.batch_size, max_pairs=cfg.validation.max_pairs,
             folds=cfg.validation.folds) if self.info.is_chief else None
         self.best = -1.0
-        best_json = self.run_dir / ck.BEST_DIR / "best.json"
+        best_json = self.folder.best.best_scores
         if best_json.is_file():
             import json
 
@@ -220,24 +223,24 @@ class Trainer:
         """Chief only: config.yaml, effective.json, backbone.json, head.json; history cut back to the
         step this run starts from (the steps a resumed run redoes must not be logged twice)."""
         ck.rewind_history(self.run_dir, self.start_step)
-        save_config(self.cfg, self.run_dir / ck.CONFIG_FILE)
+        save_config(self.cfg, self.folder.config)
         self._report_effective_settings()
-        ck.write_json_atomic(self.run_dir / ck.BACKBONE_SPEC, self.backbone_spec)
-        ck.write_json_atomic(self.run_dir / "head.json", self.head_spec)
+        atomic.write_json(self.folder.backbone_spec, self.backbone_spec)
+        atomic.write_json(self.folder.head_spec, self.head_spec)
 
     def _report_effective_settings(self) -> None:
         """Print the per-update values (global batch, lr after linear scaling...) and keep them in
         RUN/effective.json, so a recipe run on another number of GPUs cannot change them unnoticed."""
-        from face_recognition_tf.training.effective import EFFECTIVE_FILE, describe_settings, effective_settings
+        from face_recognition_tf.training.effective import describe_settings, effective_settings
 
         settings = effective_settings(self.step_fn)
-        ck.write_json_atomic(self.run_dir / EFFECTIVE_FILE, settings)
+        atomic.write_json(self.folder.effective, settings)
         for line in describe_settings(settings):
             tqdm_write(line)
 
     def _forget_failed_new_run(self) -> None:
         """A run that failed on its data before any checkpoint leaves no half run folder behind."""
-        if self._new_folder and self.info.is_chief and not ck.has_checkpoint(self.run_dir):
+        if self._new_folder and self.info.is_chief and not self.folder.has_checkpoint():
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _check_workers_agree(self) -> None:
@@ -246,8 +249,8 @@ class Trainer:
         Workers that start from different steps run different numbers of updates, and the first to
         finish leaves the others waiting in an all-reduce; so refuse, on every worker alike, now.
         """
-        listed = ck.checkpoint_paths(self.run_dir)
-        local = int(listed[0].name.rsplit("-", 1)[-1]) if listed else -1
+        listed = self.folder.checkpoints(newest_first=True)
+        local = checkpoint_step(listed[0]) if listed else -1
         try:
             seen = gather_from_workers(self.info, local)
         except WORKER_LOST_ERRORS as exc:
@@ -255,7 +258,7 @@ class Trainer:
         if len(set(seen)) > 1:
             views = ", ".join(f"worker {i}: {'ckpt-%d' % s if s >= 0 else 'no checkpoint'}" for i, s in enumerate(seen))
             raise CheckpointError(
-                f"{self.run_dir / ck.CHECKPOINT_DIR}: the workers see different checkpoints ({views}); the run "
+                f"{self.folder.checkpoint_dir}: the workers see different checkpoints ({views}); the run "
                 "folder (--out) must be storage every worker shares (NFS, GCS, ...) or hold the chief's checkpoints on "
                 "every machine"
             )
@@ -315,13 +318,13 @@ class Trainer:
             raise WorkerLostError(
                 f"step {step}: another worker stopped or became unreachable ({_first_meaningful_line(exc)}); restart "
                 f"every worker with the same command: they resume from the newest checkpoint in "
-                f"{self.run_dir / ck.CHECKPOINT_DIR}"
+                f"{self.folder.checkpoint_dir}"
             ) from None
         finally:
             log.close()
             self.store.cleanup()
         if info.is_chief:
-            ck.save_keras_atomic(step_fn.backbone, self.run_dir / ck.FINAL_MODEL)
+            ck.save_keras_atomic(step_fn.backbone, self.folder.final_model)
         return {
             "run_dir": str(self.run_dir), "step": step, "steps_this_run": step - first_step,
             "seconds": time.perf_counter() - started, "global_batch": step_fn.global_batch,
@@ -336,7 +339,7 @@ class Trainer:
             # a finite loss can still be followed by an update that overflows the weights
             raise NonFiniteLossError(
                 f"step {step}: the weights are no longer finite after this update; not saved, the last good "
-                f"checkpoint in {self.run_dir / ck.CHECKPOINT_DIR} is untouched. Lower train.lr or set train.clip_norm"
+                f"checkpoint in {self.folder.checkpoint_dir} is untouched. Lower train.lr or set train.clip_norm"
             )
         s.step.assign(step)
         s.epoch.assign(epoch)
@@ -351,7 +354,7 @@ class Trainer:
             return
         raise NonFiniteLossError(
             f"step {step}: non-finite {what}; training stopped without applying it. The last good checkpoint "
-            f"(step {last_saved}) in {self.run_dir / ck.CHECKPOINT_DIR} is untouched. Lower train.lr, set "
+            f"(step {last_saved}) in {self.folder.checkpoint_dir} is untouched. Lower train.lr, set "
             "train.clip_norm, or set train.skip_nonfinite=true to skip such updates"
         )
 
@@ -359,11 +362,11 @@ class Trainer:
         scores = log.validation(step, self.validator(self.step_fn.backbone, progress=bool(self.progress)))
         if self.info.is_chief and scores["mean"] > self.best:
             self.best = scores["mean"]
-            ck.save_keras_atomic(self.step_fn.backbone, self.run_dir / ck.BEST_DIR / ck.FINAL_MODEL)
-            ck.write_json_atomic(self.run_dir / ck.BEST_DIR / "best.json", scores)
+            ck.save_keras_atomic(self.step_fn.backbone, self.folder.best.final_model)
+            atomic.write_json(self.folder.best.best_scores, scores)
             # with its architecture beside it, RUN/best is a model folder every command takes (calibrate
             # stores the threshold there; report, identify and the demo load it)
-            ck.write_json_atomic(self.run_dir / ck.BEST_DIR / ck.BACKBONE_SPEC, self.backbone_spec)
+            atomic.write_json(self.folder.best.backbone_spec, self.backbone_spec)
         if self.stopper is not None:
             self.stop_reason = self.stopper.update(scores["mean"], step)
         return scores
