@@ -75,22 +75,30 @@ def build_sharded(name, optimizer, w, strategy, replicas, first_shard=0, sample_
     return pfc, centre_optimizer
 
 
-def sharded_step_fn(pfc, centre_optimizer, strategy, global_batch, iterations):
-    """A compiled update: per replica (embeddings, labels) -> (losses, grad wrt embeddings, hits, sampled rows)."""
+def replica_update(pfc, centre_optimizer, x, y, iterations, global_batch):
+    """In replica context: one update of this replica's centre rows from embeddings `x` and labels `y`.
+    Returns (the CentreStep, per-example losses, gradient wrt `x`, hits)."""
     from face_recognition_tf.training.partial_fc_step import apply_centre_update
 
+    step = pfc.begin_step([y], iterations)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        tape.watch(step.sources)
+        per_example, hits = step.per_example_loss(x, y)
+        loss = tf.reduce_sum(per_example) / global_batch
+    grads = tape.gradient(loss, [x] + step.sources)
+    apply_centre_update(step, centre_optimizer, grads[1:], ok=tf.constant(True), lr=LR,
+                        iteration=tf.convert_to_tensor(iterations))
+    return step, per_example, grads[0], hits
+
+
+def sharded_step_fn(pfc, centre_optimizer, strategy, global_batch, iterations):
+    """A compiled update: per replica (embeddings, labels) -> (losses, grad wrt embeddings, hits, sampled rows)."""
+
     def replica_fn(x, y):
-        step = pfc.begin_step([y], iterations)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            tape.watch(step.sources)
-            per_example, hits = step.per_example_loss(x, y)
-            loss = tf.reduce_sum(per_example) / global_batch
-        grads = tape.gradient(loss, [x] + step.sources)
-        apply_centre_update(step, centre_optimizer, grads[1:], ok=tf.constant(True), lr=LR,
-                            iteration=tf.convert_to_tensor(iterations))
+        step, per_example, grad_x, hits = replica_update(pfc, centre_optimizer, x, y, iterations, global_batch)
         index = step.index if step.index is not None else tf.range(step.shard.rows)
-        return per_example, grads[0], hits, index + step.shard.start
+        return per_example, grad_x, hits, index + step.shard.start
 
     @tf.function
     def run(x, y):
@@ -119,8 +127,6 @@ def local(strategy, value):
 def sharded_updates(names, optimizer, x, y, w, strategy, replicas, first_shard=0):
     """{margin: this process's part}: losses and embedding gradients of its replicas' rows, its shards'
     centres after the update.  All margins in one compiled function (one trace, which is what costs)."""
-    from face_recognition_tf.training.partial_fc_step import apply_centre_update
-
     heads = {name: build_sharded(name, optimizer, w, strategy, replicas, first_shard) for name in names}
     global_batch = len(y)
     with strategy.scope():
@@ -129,16 +135,8 @@ def sharded_updates(names, optimizer, x, y, w, strategy, replicas, first_shard=0
     def replica_fn(xs, ys):
         out = {}
         for name, (pfc, centre_optimizer) in heads.items():
-            step = pfc.begin_step([ys], iterations)
-            with tf.GradientTape() as tape:
-                tape.watch(xs)
-                tape.watch(step.sources)
-                per_example, _ = step.per_example_loss(xs, ys)
-                loss = tf.reduce_sum(per_example) / global_batch
-            grads = tape.gradient(loss, [xs] + step.sources)
-            apply_centre_update(step, centre_optimizer, grads[1:], ok=tf.constant(True), lr=LR,
-                                iteration=tf.convert_to_tensor(iterations))
-            out[name] = (per_example, grads[0])
+            _, per_example, grad_x, _ = replica_update(pfc, centre_optimizer, xs, ys, iterations, global_batch)
+            out[name] = (per_example, grad_x)
         return out
 
     run = tf.function(lambda xs, ys: strategy.run(replica_fn, args=(xs, ys)))

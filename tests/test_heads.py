@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from face_recognition_tf.errors import ConfigError
 from face_recognition_tf.models import build_head, head_names
+from tiny import finite_difference_grad
 
 EMB = 4
 CLASSES = 3
@@ -318,16 +319,6 @@ def _ref_loss(logits, labels, weights):
     return ce.mean() + (weights * logits).sum()
 
 
-def _fd_grad(f, a, h=1e-6):
-    grad = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        up, down = a.copy(), a.copy()
-        up[idx] += h
-        down[idx] -= h
-        grad[idx] = (f(up) - f(down)) / (2 * h)
-    return grad
-
-
 def _tf_loss_and_grads(head, x, w, labels, weights):
     head.kernel.assign(w.astype(np.float32))
     xv = tf.Variable(x.astype(np.float32))
@@ -388,7 +379,7 @@ def test_margin_values_and_gradients_match_float64_reference(name, kw, gradient)
     def loss_w(ww):
         return _ref_loss(_ref_margin_logits(x, ww, labels, target, s, offset), labels, weights)
 
-    ref_gx, ref_gw = _fd_grad(loss_x, x), _fd_grad(loss_w, w)
+    ref_gx, ref_gw = finite_difference_grad(loss_x, x), finite_difference_grad(loss_w, w)
     assert _max_rel(gx, ref_gx) < 1e-5 and _max_rel(gw, ref_gw) < 1e-5  # float32 round-off: ~2e-7
 
 
@@ -427,8 +418,8 @@ def test_sphereface_insightface_form_matches_float64_reference(iteration, lam):
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(head.class_logits(x.astype(np.float32)).numpy(),
                                x @ (w / np.linalg.norm(w, axis=0)), rtol=1e-5, atol=1e-5)
-    ref_gx = _fd_grad(lambda xx: _ref_loss(_ref_sphere_insightface(xx, w, labels, 4, lam), labels, weights), x)
-    ref_gw = _fd_grad(lambda ww: _ref_loss(_ref_sphere_insightface(x, ww, labels, 4, lam), labels, weights), w)
+    ref_gx = finite_difference_grad(lambda xx: _ref_loss(_ref_sphere_insightface(xx, w, labels, 4, lam), labels, weights), x)
+    ref_gw = finite_difference_grad(lambda ww: _ref_loss(_ref_sphere_insightface(x, ww, labels, 4, lam), labels, weights), w)
     assert _max_rel(gx, ref_gx) < 1e-5 and _max_rel(gw, ref_gw) < 1e-5  # float32 round-off: ~2e-7
 
 

@@ -1,8 +1,11 @@
-"""Small things many test files build: a converted sample dataset and a small backbone saved as a model.
+"""Small things many test files build: a converted sample dataset, a small backbone saved as a model,
+and a finite-difference gradient for checking hand-written ones.
 
 One definition here instead of a copy per test file (tests/conftest.py exposes the dataset as the
 module-scoped fixture `data`).
 """
+
+import numpy as np
 
 
 def make_tiny_dataset(root, *, num_identities=8, images_per_identity=8, pairs_per_set=20, num_shards=None,
@@ -22,3 +25,14 @@ def tiny_backbone():
     from face_recognition_tf.models import build_backbone
 
     return build_backbone("r18", embedding_size=32, width_multiplier=0.25)
+
+
+def finite_difference_grad(f, a, h=1e-6):
+    """d f / d a by central differences, element by element (float64 references of gradients)."""
+    grad = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        up, down = a.copy(), a.copy()
+        up[idx] += h
+        down[idx] -= h
+        grad[idx] = (f(up) - f(down)) / (2 * h)
+    return grad
